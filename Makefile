@@ -1,0 +1,69 @@
+# s2s-queue: build, run and check.
+#
+#   make run     local broker + the daemon with examples/demo.toml
+#   make test    ruff, mypy and pytest against the local broker
+#   make check   ruff and mypy only (no broker needed)
+#   make bench   the blocking-queue benchmark
+#   make clean   remove the virtualenv and caches
+#
+# PYTEST_ARGS is passed to pytest, e.g. make test PYTEST_ARGS='-k parking -x'.
+# PYTHON picks the interpreter the virtualenv is made from (python3.11 or newer).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install: pip runs again only when pyproject.toml
+# is newer, or the virtualenv is new.
+STAMP := $(VENV)/.installed
+CONFIG := examples/demo.toml
+PYTEST_ARGS ?=
+
+.PHONY: help venv broker run test check bench clean
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+broker:
+	scripts/ensure-rabbitmq.sh
+
+run: venv broker
+	@echo
+	@echo "  s2s-queue demo (settings: $(CONFIG), clients: examples/clients.toml)"
+	@echo "  API and console  http://127.0.0.1:8080/   admin token: demo-admin-token"
+	@echo "  Publish a first item, from another terminal:"
+	@echo "    $(BIN)/s2s-queue --config $(CONFIG) publish --client acme --type system.noop --payload '{}'"
+	@echo "    $(BIN)/s2s-queue --config $(CONFIG) status acme"
+	@echo "    curl -H 'Authorization: Bearer demo-admin-token' http://127.0.0.1:8080/api/v1/clients"
+	@echo "  Stop with Ctrl-C."
+	@echo
+	exec $(BIN)/s2s-queue --config $(CONFIG) run
+
+test: venv broker
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: venv broker
+	$(BIN)/python bench/blocking.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,222 @@
+"""`s2s-queue`: a thin shell over the supervisor, the producer and control messages.
+
+Exit codes: 0 done; 1 refused by the daemon (or a retry that failed again);
+2 bad usage or settings; 3 no daemon answered; 4 broker unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import aio_pika
+import orjson
+from pydantic import ValidationError
+
+from daemon import logs
+from daemon.settings import ConfigFileError, Settings, load_settings
+from daemon.topology import Topology
+
+
+class CliError(Exception):
+    """A one-line reason for stderr, with the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="TOML settings file (keys: setting names without S2SQ_)")
+    parser = argparse.ArgumentParser(prog="s2s-queue", parents=[common],
+                                     description="Per-client blocking queues on RabbitMQ.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run the daemon")
+    pub = sub.add_parser("publish", parents=[common], help="publish one item")
+    pub.add_argument("--client", required=True)
+    pub.add_argument("--type", required=True)
+    src = pub.add_mutually_exclusive_group(required=True)
+    src.add_argument("--payload", help="the payload as JSON")
+    src.add_argument("--file", type=Path, help="a file holding the payload JSON")
+    pub.add_argument("--message-id")
+    pub.add_argument("--nonblocking", action="store_true", help="publish to the shared queue")
+    sub.add_parser("status", parents=[common], help="clients and their state").add_argument(
+        "client", nargs="?")
+    for name in ("retry", "skip"):
+        p = sub.add_parser(name, parents=[common], help=f"{name} a parked client's item")
+        p.add_argument("client")
+        p.add_argument("--message-id")
+        p.add_argument("--reason")
+    for name in ("pause", "resume"):
+        sub.add_parser(name, parents=[common], help=f"{name} a client").add_argument("client")
+    clients = sub.add_parser("clients", parents=[common], help="register or list clients")
+    csub = clients.add_subparsers(dest="clients_command", required=True)
+    csub.add_parser("add", parents=[common]).add_argument("client")
+    csub.add_parser("list", parents=[common])
+    unrouted = sub.add_parser("unrouted", parents=[common], help="items for unknown clients")
+    usub = unrouted.add_subparsers(dest="unrouted_command", required=True)
+    usub.add_parser("list", parents=[common])
+    usub.add_parser("replay", parents=[common]).add_argument("client")
+    failed = sub.add_parser("failed", parents=[common], help="failed non-blocking items")
+    fsub = failed.add_subparsers(dest="failed_command", required=True)
+    fsub.add_parser("list", parents=[common]).add_argument("--client")
+    fsub.add_parser("retry", parents=[common]).add_argument("message_id")
+    fsub.add_parser("skip", parents=[common]).add_argument("message_id")
+    sub.add_parser("demo", parents=[common], help="publish a few items to a demo client")
+    return parser
+
+
+def control_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The control message a command sends (pure)."""
+    cmd = args.command
+    if cmd == "status":
+        return {"action": "status", "client_id": args.client}
+    if cmd in ("retry", "skip"):
+        return {"action": cmd, "client_id": args.client, "message_id": args.message_id,
+                "reason": args.reason}
+    if cmd in ("pause", "resume"):
+        return {"action": cmd, "client_id": args.client}
+    if cmd == "clients":
+        if args.clients_command == "add":
+            return {"action": "register", "client_id": args.client}
+        return {"action": "status"}
+    if cmd == "unrouted":
+        if args.unrouted_command == "replay":
+            return {"action": "replay_unrouted", "client_id": args.client}
+        return {"action": "list_unrouted"}
+    if cmd == "failed":
+        sub = args.failed_command
+        if sub == "list":
+            return {"action": "list_failed", "client_id": args.client}
+        return {"action": f"{sub}_failed", "message_id": args.message_id}
+    raise CliError(f"unknown command {cmd}", 2)
+
+
+def _payload(args: argparse.Namespace) -> Any:
+    text = args.file.read_text() if args.file else args.payload
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"payload is not valid JSON: {exc}", 2) from None
+
+
+async def _connect(settings: Settings) -> aio_pika.abc.AbstractRobustConnection:
+    try:
+        return await aio_pika.connect_robust(
+            settings.amqp_url.get_secret_value(),
+            client_properties={"connection_name": "s2s-queue cli"}, fail_fast=True,
+        )
+    except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        raise CliError(f"broker unreachable: {type(exc).__name__}: {exc}", 4) from None
+
+
+async def _command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.producer import NoAnswer, Producer, send_control
+
+    topo = Topology(settings.prefix, settings.queue_type, settings.delivery_limit)
+    connection = await _connect(settings)
+    async with connection:
+        if args.command == "publish":
+            producer = Producer(connection, topo)
+            queue: Literal["blocking", "nonblocking"] = (
+                "nonblocking" if args.nonblocking else "blocking")
+            mid = await producer.publish(args.client, args.type, _payload(args),
+                                         message_id=args.message_id, queue=queue)
+            print(json.dumps({"ok": True, "message_id": mid, "client_id": args.client}))
+            return 0
+        if args.command == "clients" and args.clients_command == "add":
+            return await _register(connection, topo, args.client)
+        if args.command == "demo":
+            return await _demo(producer=Producer(connection, topo), connection=connection,
+                               topo=topo)
+        request = {k: v for k, v in control_request(args).items() if v is not None}
+        request["actor"] = "cli"
+        timeout = 10.0 + (settings.handler_timeout if request["action"] == "retry" else 0)
+        try:
+            answer = await send_control(connection, topo, request, timeout)
+        except NoAnswer as exc:
+            raise CliError(str(exc), 3) from None
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
+    if not answer.get("ok"):
+        raise CliError(str(answer.get("error", "refused")), 1)
+    if answer.get("outcome") == "failed":
+        raise CliError(f"retry failed again: {answer.get('error')}", 1)
+    return 0
+
+
+async def _register(
+    connection: aio_pika.abc.AbstractRobustConnection, topo: Topology, client_id: str
+) -> int:
+    """Register directly in the broker: works whether or not a daemon is running."""
+    from daemon.clients import InvalidClientId, validate_client_id
+    from daemon.state import register_client
+
+    try:
+        validate_client_id(client_id)
+    except InvalidClientId as exc:
+        raise CliError(str(exc), 2) from None
+    async with connection.channel(publisher_confirms=True) as channel:
+        await register_client(channel, topo, client_id, "cli", "cli")
+    print(json.dumps({"ok": True, "client_id": client_id}))
+    return 0
+
+
+async def _demo(*, producer: Any, connection: Any, topo: Topology) -> int:
+    await _register(connection, topo, "demo")
+    ids = [await producer.publish("demo", "system.noop", {}) for _ in range(3)]
+    ids.append(await producer.publish("demo", "system.noop", {"fail": "permanent"}))
+    ids.append(await producer.publish("demo", "system.noop", {}))
+    print("published to client 'demo':", ", ".join(ids))
+    print("the 4th fails permanently, so 'demo' parks on it; then try:")
+    print("  s2s-queue status demo")
+    print(f"  s2s-queue skip demo --message-id {ids[3]} --reason 'demo'")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(getattr(args, "config", None))
+    except (ConfigFileError, ValidationError) as exc:
+        print(f"s2s-queue: bad settings: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    if args.command == "run":
+        return _run(settings)
+    try:
+        return asyncio.run(_command(settings, args))
+    except CliError as exc:
+        print(f"s2s-queue: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _run(settings: Settings) -> int:
+    from daemon.clients import ClientsFileError
+    from daemon.supervisor import run
+
+    try:
+        run(settings)
+    except ClientsFileError as exc:
+        print(f"s2s-queue: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        print(f"s2s-queue: broker unreachable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

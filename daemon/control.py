@@ -1,0 +1,139 @@
+"""Control messages on `<prefix>.control` (SPEC section 5).
+
+Every replica binds its own exclusive queue to the fanout exchange and
+receives every control message. Each is acted on through `Operations` and,
+when `reply_to` and `correlation_id` are set, answered with
+`{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The actor is the
+broker-validated `user_id` property when set, else the `actor` field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from daemon.operations import OperationError, Operations
+from daemon.topology import Topology
+
+log = structlog.get_logger()
+
+Action = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def parse_control(body: bytes, user_id: str | None) -> tuple[str, dict[str, Any]]:
+    """Pure: the action and its keyword arguments, or OperationError saying what is wrong."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise OperationError("control message is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise OperationError("control message is not a JSON object")
+    action = data.get("action")
+    if not isinstance(action, str) or not action:
+        raise OperationError("control message has no action")
+    args: dict[str, Any] = {}
+    for key in ("client_id", "message_id", "reason"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise OperationError(f"{key} must be a string")
+        if value is not None:
+            args[key] = value
+    actor = user_id or data.get("actor")
+    args["actor"] = actor if isinstance(actor, str) and actor else "unknown"
+    return action, args
+
+
+class Control:
+    """Consumes control messages for one replica and answers them."""
+
+    def __init__(
+        self, connection: AbstractRobustConnection, topo: Topology, ops: Operations, replica: str
+    ) -> None:
+        self._connection = connection
+        self._topo = topo
+        self._ops = ops
+        self._queue_name = f"{topo.control}.{replica}"
+        self._channel: AbstractChannel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=64)
+        queue = await self._channel.declare_queue(
+            self._queue_name, exclusive=True, auto_delete=True, durable=False,
+            arguments={"x-queue-type": "classic"},
+        )
+        await queue.bind(self._topo.control)
+        await queue.consume(self._on_message)
+
+    async def stop(self) -> None:
+        """Stop taking control messages; wait for the ones being carried out."""
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()  # a command: if we die mid-way the caller times out and asks again
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            answer = await self.handle(message.body, message.user_id)
+            await self._reply(message, answer)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def handle(self, body: bytes, user_id: str | None) -> dict[str, Any]:
+        """Carry out one control message; the answer to send back."""
+        try:
+            action, args = parse_control(body, user_id)
+            result = await self.dispatch(action, args)
+        except OperationError as exc:
+            log.info("control.refused", error=str(exc))
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control.failed")
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+        return {"ok": True, **result}
+
+    async def dispatch(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        ops = self._ops
+        client_id = args.pop("client_id", None)
+        log.info("control.received", action=action, client_id=client_id, actor=args["actor"])
+        if action == "status":
+            return await ops.status(client_id)
+        if action == "list_unrouted":  # an addition to SPEC section 5, for `unrouted list`
+            return {"items": await ops.unrouted()}
+        needs_client: dict[str, Action] = {
+            "retry": ops.retry, "skip": ops.skip, "pause": ops.pause, "resume": ops.resume,
+            "register": ops.register, "replay_unrouted": ops.replay_unrouted,
+        }
+        if action in needs_client:
+            if not client_id:
+                raise OperationError(f"{action} needs a client_id")
+            if action == "register":
+                return await ops.register(client_id, args["actor"])
+            return await needs_client[action](client_id, **args)
+        if action in ("retry_failed", "skip_failed", "list_failed"):
+            raise OperationError(f"{action}: the non-blocking queue is not available yet")
+        raise OperationError(f"unknown action {action[:40]!r}")
+
+    async def _reply(self, message: AbstractIncomingMessage, answer: dict[str, Any]) -> None:
+        if not message.reply_to or not message.correlation_id or self._channel is None:
+            return
+        try:
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(orjson.dumps(answer), content_type="application/json",
+                                 correlation_id=message.correlation_id),
+                routing_key=message.reply_to,
+            )
+        except Exception:
+            log.warning("control.reply_failed", exc_info=True)

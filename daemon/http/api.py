@@ -1,0 +1,161 @@
+"""Routes of SPEC section 8: /healthz, /readyz and the JSON API under /api/v1.
+
+Every action goes through `Operations`, exactly like a control message, and
+answers the same JSON: `{"ok": true, ...}` or `{"ok": false, "error": ...}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from daemon.http.auth import Identity, authenticate, bearer_token
+from daemon.operations import OperationError, UnknownClient
+
+if TYPE_CHECKING:
+    from daemon.supervisor import Supervisor
+
+log = structlog.get_logger()
+
+SUPERVISOR = web.AppKey("supervisor", object)
+IDENTITY = web.RequestKey("identity", Identity)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACTIONS = ("retry", "skip", "pause", "resume")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error(status: int, message: str) -> web.Response:
+    return json_response({"ok": False, "error": message}, status)
+
+
+def _sup(request: web.Request) -> Supervisor:
+    return request.app[SUPERVISOR]  # type: ignore[return-value]
+
+
+@web.middleware
+async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate /api/ requests; turn operation errors into JSON answers."""
+    if request.path.startswith("/api/"):
+        sup = _sup(request)
+        token = bearer_token(request.headers.get("Authorization"))
+        identity = authenticate(token, sup.settings.admin_token, sup.clients)
+        if identity is None:
+            return error(401, "missing or wrong bearer token")
+        request[IDENTITY] = identity
+    try:
+        return await handler(request)
+    except UnknownClient as exc:
+        return error(404, str(exc))
+    except OperationError as exc:
+        return error(409, str(exc))
+
+
+def _identity(request: web.Request) -> Identity:
+    identity: Identity = request[IDENTITY]
+    return identity
+
+
+def _visible_client(request: web.Request) -> str:
+    client_id = request.match_info["client_id"]
+    if not _identity(request).may_see(client_id):
+        raise UnknownClient(f"client {client_id!r} is not registered")
+    return client_id
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise OperationError("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise OperationError("request body must be a JSON object")
+    return data
+
+
+def _text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise OperationError(f"{key} must be a string")
+    return value or None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    sup = _sup(request)
+    if not sup.ready:
+        return json_response({"ready": False, "reason": "starting or stopping"}, 503)
+    if not sup.connected:
+        return json_response({"ready": False, "reason": "not connected to the broker"}, 503)
+    return json_response({"ready": True, "clients": len(sup.consumers)})
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    clients = await _sup(request).ops.clients()
+    return json_response({"clients": [c for c in clients if identity.may_see(c["client_id"])]})
+
+
+async def get_client(request: web.Request) -> web.Response:
+    return json_response(await _sup(request).ops.client(_visible_client(request)))
+
+
+async def register_client(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    if not identity.is_admin:
+        raise UnknownClient("only an admin may register clients")
+    client_id = _text(await _body(request), "client_id")
+    if not client_id:
+        raise OperationError("client_id is required")
+    result = await _sup(request).ops.register(client_id, identity.name)
+    return json_response({"ok": True, **result}, 201 if result["created"] else 200)
+
+
+async def client_action(request: web.Request) -> web.Response:
+    client_id = _visible_client(request)
+    action = request.match_info["action"]
+    if action not in ACTIONS:
+        raise web.HTTPNotFound
+    data = await _body(request)
+    ops = _sup(request).ops
+    kwargs = {"actor": _identity(request).name, "message_id": _text(data, "message_id"),
+              "reason": _text(data, "reason")}
+    result = await getattr(ops, action)(client_id, **kwargs)
+    return json_response({"ok": True, **result})
+
+
+async def list_unrouted(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    items = await _sup(request).ops.unrouted()
+    return json_response({"items": [i for i in items if identity.may_see(i["client_id"])]})
+
+
+async def replay_unrouted(request: web.Request) -> web.Response:
+    client_id = _visible_client(request)
+    result = await _sup(request).ops.replay_unrouted(client_id, actor=_identity(request).name)
+    return json_response({"ok": True, **result})
+
+
+def build_app(supervisor: Supervisor) -> web.Application:
+    app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
+    app[SUPERVISOR] = supervisor
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/clients", list_clients)
+    app.router.add_post("/api/v1/clients", register_client)
+    app.router.add_get("/api/v1/clients/{client_id}", get_client)
+    app.router.add_post("/api/v1/clients/{client_id}/{action}", client_action)
+    app.router.add_get("/api/v1/unrouted", list_unrouted)
+    app.router.add_post("/api/v1/unrouted/{client_id}/replay", replay_unrouted)
+    return app

@@ -1,0 +1,164 @@
+"""The admin operations, shared by control messages, the HTTP API and the CLI.
+
+Every face calls these and nothing else, so an action means the same
+wherever it comes from. Each returns the fields of a successful answer, or
+raises `OperationError` (`UnknownClient` for a client that is not
+registered) with a readable reason; nothing changes when it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from daemon.blocking import BlockingConsumer, OperationError, UnknownClient
+from daemon.clients import InvalidClientId, validate_client_id
+
+if TYPE_CHECKING:
+    from daemon.supervisor import Supervisor
+
+log = structlog.get_logger()
+
+MAX_UNROUTED_LISTED = 10_000
+__all__ = ["OperationError", "Operations", "UnknownClient"]
+
+
+class Operations:
+    """Admin actions on the clients and queues this daemon serves."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+        self._unrouted_lock = asyncio.Lock()
+
+    # -- clients -------------------------------------------------------------
+
+    async def register(self, client_id: str, actor: str) -> dict[str, Any]:
+        """Create the client's queue (idempotent) and start consuming it."""
+        try:
+            validate_client_id(client_id)
+        except InvalidClientId as exc:
+            raise OperationError(str(exc)) from None
+        created = await self._sup.register(client_id, actor=actor)
+        return {"client_id": client_id, "created": created}
+
+    def _consumer(self, client_id: str) -> BlockingConsumer:
+        consumer = self._sup.consumers.get(client_id)
+        if consumer is None:
+            raise UnknownClient(f"client {client_id!r} is not registered")
+        return consumer
+
+    async def retry(
+        self, client_id: str, *, actor: str, message_id: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Run the parked item once now (SPEC section 4, point 5)."""
+        return await self._consumer(client_id).retry(message_id, actor, reason)
+
+    async def skip(
+        self, client_id: str, *, actor: str, message_id: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Archive the parked item without running it, and resume the client."""
+        return await self._consumer(client_id).skip(message_id, actor, reason)
+
+    async def pause(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
+        """Stop the client after its current item (durable, like a park)."""
+        consumer = self._consumer(client_id)
+        if consumer.paused:
+            raise OperationError(f"client {client_id!r} is already paused")
+        await self._sup.state.append({"kind": "pause", "client_id": client_id, "actor": actor})
+        await self._sup.rt.events.publish("client.paused", client_id=client_id, message_id=None,
+                                          type_=None, queue="blocking", actor=actor)
+        log.info("client.paused", client_id=client_id, actor=actor)
+        return {"client_id": client_id, "state": "paused"}
+
+    async def resume(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
+        """Undo a pause; the item held meanwhile runs now."""
+        consumer = self._consumer(client_id)
+        if not consumer.paused:
+            raise OperationError(f"client {client_id!r} is not paused")
+        await self._sup.state.append({"kind": "resume", "client_id": client_id, "actor": actor})
+        await self._sup.state.sync()
+        await self._sup.rt.events.publish("client.resumed", client_id=client_id, message_id=None,
+                                          type_=None, queue="blocking", how="resume", actor=actor)
+        log.info("client.resumed", client_id=client_id, actor=actor, how="resume")
+        return {"client_id": client_id, "state": consumer.state}
+
+    async def client(self, client_id: str) -> dict[str, Any]:
+        """One client as SPEC section 8 shows it."""
+        consumer = self._consumer(client_id)
+        depths = await self._sup.depths([client_id])
+        return self._describe(consumer, depths.get(client_id))
+
+    async def clients(self) -> list[dict[str, Any]]:
+        """Every registered client, sorted by id."""
+        consumers = [self._sup.consumers[c] for c in sorted(self._sup.consumers)]
+        depths = await self._sup.depths([c.client_id for c in consumers])
+        return [self._describe(c, depths.get(c.client_id)) for c in consumers]
+
+    async def status(self, client_id: str | None = None) -> dict[str, Any]:
+        """The `status` control action: one client, or all of them."""
+        if client_id:
+            return {"client": await self.client(client_id)}
+        return {"clients": await self.clients()}
+
+    @staticmethod
+    def _describe(consumer: BlockingConsumer, depth: int | None) -> dict[str, Any]:
+        parked = consumer.parked
+        return {
+            "client_id": consumer.client_id,
+            "state": consumer.state,
+            "paused": consumer.paused,
+            "depth": depth,
+            "parked": None if parked is None else {
+                key: parked.get(key)
+                for key in ("message_id", "type", "error", "attempts", "since", "payload")
+            },
+        }
+
+    # -- unrouted --------------------------------------------------------------
+
+    async def unrouted(self) -> list[dict[str, Any]]:
+        """Blocking items published for clients that were not registered, oldest first."""
+        async with self._unrouted_lock, self._sup.browse_unrouted() as messages:
+            return [_describe_unrouted(m) for m in messages[:MAX_UNROUTED_LISTED]]
+
+    async def replay_unrouted(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
+        """Append the client's unrouted items to the tail of its queue, in original order."""
+        self._consumer(client_id)
+        replayed = 0
+        async with self._unrouted_lock, self._sup.browse_unrouted() as messages:
+            for message in messages:
+                if _unrouted_client(message) != client_id:
+                    continue
+                await self._sup.rt.publish_confirmed(
+                    _republish(message), routing_key=client_id,
+                    exchange=self._sup.rt.topo.blocking,
+                )
+                await message.ack()
+                replayed += 1
+        log.info("unrouted.replayed", client_id=client_id, count=replayed, actor=actor)
+        return {"client_id": client_id, "replayed": replayed}
+
+
+def _unrouted_client(message: AbstractIncomingMessage) -> str:
+    return message.routing_key or str((message.headers or {}).get("client_id", ""))
+
+
+def _describe_unrouted(message: AbstractIncomingMessage) -> dict[str, Any]:
+    return {"message_id": message.message_id, "client_id": _unrouted_client(message),
+            "type": message.type}
+
+
+def _republish(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A copy of an unrouted item with every property a producer set."""
+    return aio_pika.Message(
+        message.body, headers=dict(message.headers or {}), content_type=message.content_type,
+        content_encoding=message.content_encoding, message_id=message.message_id,
+        type=message.type, timestamp=message.timestamp, correlation_id=message.correlation_id,
+        app_id=message.app_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )

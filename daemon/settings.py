@@ -1,0 +1,154 @@
+"""Settings: one frozen object built once by the CLI and passed down.
+
+Sources, highest first: keyword arguments, `S2SQ_*` environment variables, a
+`.env` file, the TOML file given with `--config` (keys are the setting names
+in lower case without the prefix), then the defaults of SPEC section 8.
+Unknown keys in the TOML file are errors, so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Everything the daemon, the CLI and the HTTP API can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="S2SQ_",
+        env_file=".env",
+        # A shared .env may hold other programs' variables: ignore what is not ours.
+        # Keys of the --config file are checked by load_settings instead.
+        extra="ignore",
+        frozen=True,
+    )
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    prefix: str = Field("s2s", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    clients_file: Path | None = None
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_from: str = "s2s-queue@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    admin_emails: str | None = None
+
+    blocking_attempts: int = Field(3, ge=1)
+    # In-place back-off between blocking attempts: base * 2**(n-1), capped.
+    blocking_backoff: float = Field(1.0, ge=0)
+    blocking_backoff_max: float = Field(60.0, ge=0)
+    nonblocking_retry_delays: str = "10,60,300"
+    nonblocking_concurrency: int = Field(32, ge=1)
+    handler_timeout: float = Field(60.0, gt=0)
+    shutdown_timeout: float = Field(30.0, ge=0)
+
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    image_max_bytes: int = Field(10_485_760, ge=1)
+    image_dir: Path = Path("./images")
+
+    log_format: Literal["json", "console"] = Field(
+        default_factory=lambda: "console" if sys.stdout.isatty() else "json"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Consumers grouped on one channel: a channel error (consumer_timeout, say)
+    # takes every consumer on it down, so this bounds the blast radius.
+    consumers_per_channel: int = Field(100, ge=1, le=2000)
+    # Quorum queues only. RabbitMQ 3.10 has no limit (a poison message loops
+    # forever); 4.x defaults to 20 and then drops the message, and returns
+    # messages to the back of the queue when no limit is set. We set it high
+    # and dead-letter to `<prefix>.deadletter`, where the item is kept.
+    delivery_limit: int = Field(1000, ge=1)
+    # Whether `item.succeeded` events are published (the other events always are).
+    succeeded_events: bool = True
+
+    @field_validator("nonblocking_retry_delays")
+    @classmethod
+    def _delays_are_seconds(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            delays = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError("must be comma-separated seconds, e.g. 10,60,300") from None
+        if not delays:
+            raise ValueError("needs at least one delay, e.g. 10,60,300")
+        if not all(math.isfinite(d) and d > 0 for d in delays):
+            raise ValueError("every delay must be a finite number of seconds over 0")
+        return ",".join(parts)
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        """`nonblocking_retry_delays` as numbers."""
+        return tuple(float(p) for p in self.nonblocking_retry_delays.split(",") if p)
+
+    @property
+    def admin_email_list(self) -> tuple[str, ...]:
+        """`admin_emails` split on commas."""
+        return tuple(e.strip() for e in (self.admin_emails or "").split(",") if e.strip())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _config_file.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+_config_file: dict[str, Path | None] = {"path": None}
+
+
+class ConfigFileError(Exception):
+    """Raised when the file given with `--config` is missing or not TOML."""
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the environment, `.env` and an optional TOML file."""
+    if config is not None:
+        _check_config_file(config)
+    _config_file["path"] = config
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file["path"] = None
+
+
+def _check_config_file(config: Path) -> None:
+    """Refuse a missing file, bad TOML, or a key that is not a setting (a typo)."""
+    if not config.is_file():
+        raise ConfigFileError(f"config file {config} does not exist")
+    try:
+        data = tomllib.loads(config.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigFileError(f"config file {config} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigFileError(
+            f"config file {config}: unknown setting(s) {', '.join(unknown)}"
+        )

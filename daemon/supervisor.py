@@ -1,0 +1,333 @@
+"""The supervisor: owns the broker connection and everything that runs on it.
+
+`run()` reads top to bottom: connect, declare, replay the state log, start
+the consumers, the control plane and HTTP, report READY, wait for SIGTERM,
+then stop in order — stop taking items, let running ones finish within
+`shutdown_timeout`, hand the rest back by closing the channels — and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import aio_pika
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from daemon import systemd
+from daemon.blocking import BlockingConsumer
+from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
+from daemon.control import Control
+from daemon.events import Events
+from daemon.notifications import LogNotifier, Notifier
+from daemon.operations import Operations
+from daemon.runtime import Runtime
+from daemon.settings import Settings
+from daemon.state import Record, StateLog
+from daemon.topology import Topology, declare_topology
+from handlers import load_handlers
+from handlers.context import DEFAULT_TIMEOUT, HandlerContext
+
+log = structlog.get_logger()
+
+STARTUP_CONCURRENCY = 50
+
+
+class ChannelPool:
+    """Puts client consumers on a bounded number of channels, at most `per_channel` each.
+
+    A channel error takes all its consumers down; aio-pika's robust channel
+    reopens it and re-consumes, and the consumers drop the delivery tags of
+    the old channel (they belong to it and can never be acked elsewhere).
+    """
+
+    def __init__(self, connection: AbstractRobustConnection, per_channel: int) -> None:
+        self._connection = connection
+        self._per_channel = per_channel
+        self._channels: list[tuple[AbstractChannel, list[BlockingConsumer]]] = []
+        self._lock = asyncio.Lock()
+
+    async def place(self, consumer: BlockingConsumer) -> AbstractChannel:
+        async with self._lock:
+            if not self._channels or len(self._channels[-1][1]) >= self._per_channel:
+                channel = await self._connection.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=1)  # per consumer: strict FIFO
+                members: list[BlockingConsumer] = []
+
+                def lost(*_: Any, members: list[BlockingConsumer] = members) -> None:
+                    for consumer in members:
+                        consumer.channel_lost()
+
+                channel.close_callbacks.add(lost)
+                self._channels.append((channel, members))
+            last, members = self._channels[-1]
+            members.append(consumer)
+            return last
+
+    async def close(self) -> None:
+        """Close every channel: the broker requeues what they held, at the head."""
+        for channel, _ in self._channels:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        self._channels.clear()
+
+
+class Supervisor:
+    """Runs one daemon replica until asked to stop."""
+
+    def __init__(
+        self, settings: Settings, notifier: Notifier | None = None, *, handle_signals: bool = True
+    ) -> None:
+        self.settings = settings
+        self._handle_signals = handle_signals
+        self.topo = Topology(settings.prefix, settings.queue_type, settings.delivery_limit)
+        self.replica = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.consumers: dict[str, BlockingConsumer] = {}
+        self.clients: dict[str, ClientConfig] = {}
+        self.ops = Operations(self)
+        self.ready = False
+        self.stop_requested = asyncio.Event()
+        self._notifier = notifier or LogNotifier()
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._pool: ChannelPool | None = None
+        self._rt: Runtime | None = None
+        self._started_at = time.monotonic()
+
+    def __repr__(self) -> str:
+        parked = sum(1 for c in self.consumers.values() if c.parked)
+        return f"<Supervisor {self.replica} clients={len(self.consumers)} parked={parked}>"
+
+    @property
+    def rt(self) -> Runtime:
+        assert self._rt is not None, "the supervisor is not running"
+        return self._rt
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    @property
+    def state(self) -> StateLog:
+        return self.rt.state
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `stop_requested` is set (SIGTERM/SIGINT), then stop in order."""
+        if self._handle_signals:
+            self._install_signals()
+        self.clients = self._read_clients_file()
+        async with AsyncExitStack() as stack:
+            self._connection = await stack.enter_async_context(await self._connect())
+            rt = await stack.enter_async_context(self._runtime(self._connection))
+            self._pool = ChannelPool(self._connection, self.settings.consumers_per_channel)
+            stack.push_async_callback(self._pool.close)
+            await self._start_consumers(rt.state.view.clients | set(self.clients))
+            control = Control(self._connection, self.topo, self.ops, self.replica)
+            await control.start()
+            stack.push_async_callback(control.stop)
+            await stack.enter_async_context(self._http())
+            self.ready = True
+            systemd.notify("READY=1")
+            log.info("daemon.ready", replica=self.replica, clients=len(self.consumers),
+                     parked=sum(1 for c in self.consumers.values() if c.parked))
+            async with systemd.watchdog():
+                await self.stop_requested.wait()
+            self.ready = False
+            systemd.notify("STOPPING=1")
+            await control.stop()
+            await self._drain()
+        log.info("daemon.stopped", replica=self.replica, clients=len(self.consumers),
+                 uptime_s=round(time.monotonic() - self._started_at, 1))
+
+    async def _connect(self) -> AbstractRobustConnection:
+        url = self.settings.amqp_url.get_secret_value()
+        return await aio_pika.connect_robust(
+            url, client_properties={"connection_name": f"s2s-queue {self.replica}"}
+        )
+
+    @asynccontextmanager
+    async def _runtime(self, connection: AbstractRobustConnection) -> AsyncIterator[Runtime]:
+        setup = await connection.channel()
+        await declare_topology(setup, self.topo)
+        await setup.close()
+        state = StateLog(connection, self.topo, self.replica)
+        state.subscribe(self._on_record)
+        events = Events(connection, self.topo)
+        await events.start()
+        # An unroutable confirmed publish must raise, not come back as a basic.return.
+        confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        timeout = aiohttp.ClientTimeout(total=self.settings.handler_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            # Each HTTP request times out before the whole handler call does.
+            per_request = min(DEFAULT_TIMEOUT, self.settings.handler_timeout * 0.9)
+            context = HandlerContext(lambda: self.clients, http, per_request)
+            self._rt = Runtime(self.settings, self.topo, load_handlers(), context, events,
+                               state, self._notifier, confirm, self.replica)
+            await state.start()
+            try:
+                yield self._rt
+            finally:
+                await state.stop()
+
+    @asynccontextmanager
+    async def _http(self) -> AsyncIterator[None]:
+        if self.settings.http_port == 0:
+            yield
+            return
+        from daemon.http import serve  # the core never imports HTTP at module level
+
+        async with serve(self):
+            yield
+
+    async def _drain(self) -> None:
+        """Stop taking items and give running ones `shutdown_timeout` seconds to finish."""
+        for consumer in self.consumers.values():
+            consumer.begin_stop()
+        busy = [c for c in self.consumers.values() if c.busy]
+        log.info("daemon.draining", running=len(busy), timeout_s=self.settings.shutdown_timeout)
+        if busy:
+            waits = [asyncio.ensure_future(c.wait_idle()) for c in busy]
+            _, pending = await asyncio.wait(waits, timeout=self.settings.shutdown_timeout)
+            for fut in pending:
+                fut.cancel()
+            for consumer in busy:
+                if consumer.busy:
+                    log.warning("item.interrupted", client_id=consumer.client_id)
+                    consumer.cancel_running()
+            await asyncio.gather(*(c.wait_idle() for c in busy))
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+
+    # -- registration ----------------------------------------------------------
+
+    def _read_clients_file(self) -> dict[str, ClientConfig]:
+        path = self.settings.clients_file
+        return {} if path is None else load_clients_file(path)
+
+    def _reload_soon(self) -> None:
+        self._spawn(self.reload())
+
+    def _spawn(self, coro: Any) -> None:
+        """Run `coro` in the background; its errors are logged, not lost."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("task.failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the clients file and register what it adds; work goes on."""
+        try:
+            clients = self._read_clients_file()
+        except ClientsFileError as exc:
+            log.error("clients_file.invalid", error=str(exc))  # keep the previous settings
+            return
+        self.clients = clients
+        await self._start_consumers(set(clients))
+        log.info("clients_file.reloaded", clients=len(clients))
+
+    async def register(self, client_id: str, actor: str) -> bool:
+        """Declare the client's queue, consume it, record the registration; True if new."""
+        created = client_id not in self.state.view.clients
+        await self._ensure_consumer(client_id)
+        if created:
+            await self.state.append({"kind": "register", "client_id": client_id,
+                                     "actor": actor})
+            await self.rt.events.publish("client.registered", client_id=client_id,
+                                         message_id=None, type_=None, queue="blocking",
+                                         actor=actor)
+            log.info("client.registered", client_id=client_id, actor=actor)
+        return created
+
+    async def _start_consumers(self, client_ids: Iterable[str]) -> None:
+        todo = sorted(set(client_ids) - set(self.consumers))
+        limit = asyncio.Semaphore(STARTUP_CONCURRENCY)
+
+        async def one(client_id: str) -> None:
+            async with limit:
+                await self.register(client_id, actor="s2s-queue")
+
+        await asyncio.gather(*(one(c) for c in todo))
+
+    async def _ensure_consumer(self, client_id: str) -> None:
+        if client_id in self.consumers:
+            return
+        task = self._starting.get(client_id)
+        if task is None:
+            task = asyncio.ensure_future(self._start_consumer(client_id))
+            self._starting[client_id] = task
+            task.add_done_callback(lambda _: self._starting.pop(client_id, None))
+        await task
+
+    async def _start_consumer(self, client_id: str) -> None:
+        assert self._pool is not None
+        consumer = BlockingConsumer(client_id, self.rt)
+        channel = await self._pool.place(consumer)
+        await consumer.start(channel)
+        self.consumers[client_id] = consumer
+
+    def _on_record(self, record: Record) -> None:
+        """React to records other replicas (or this one) wrote."""
+        client_id = record.get("client_id")
+        consumer = self.consumers.get(client_id or "")
+        kind = record.get("kind")
+        if kind == "resume" and consumer is not None:
+            consumer.on_resume()
+        elif kind == "register" and consumer is None and self._pool is not None and client_id:
+            self._spawn(self._ensure_consumer(client_id))
+
+    # -- queries -----------------------------------------------------------------
+
+    async def depths(self, client_ids: list[str]) -> dict[str, int]:
+        """Messages ready in each client's queue (quorum counts may lag a few seconds)."""
+        assert self._connection is not None
+        out: dict[str, int] = {}
+        async with self._connection.channel() as channel:
+            for client_id in client_ids:
+                queue = await channel.declare_queue(self.topo.client_queue(client_id),
+                                                    passive=True)
+                out[client_id] = queue.declaration_result.message_count or 0
+        return out
+
+    @asynccontextmanager
+    async def browse_unrouted(self) -> AsyncIterator[list[AbstractIncomingMessage]]:
+        """Every unrouted item, held unacked; what is not acked goes back in place on exit."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            queue = await channel.declare_queue(self.topo.unrouted, passive=True)
+            messages: list[AbstractIncomingMessage] = []
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                messages.append(message)
+            yield messages
+        finally:
+            await channel.close()
+
+
+def run(settings: Settings) -> None:
+    """Entry point of `s2s-queue run`."""
+    asyncio.run(Supervisor(settings).run())
+
+
+__all__: list[Any] = ["ChannelPool", "Supervisor", "run"]

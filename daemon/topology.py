@@ -1,0 +1,161 @@
+"""Every broker name and argument, derived from the prefix, and their declaration.
+
+Names and arguments are pure (tested without a broker); `declare_*` do the I/O.
+All declarations are idempotent: every daemon declares the whole topology at
+start-up, and a client queue whenever its client is registered.
+
+| name                         | what                                                    |
+| ---------------------------- | ------------------------------------------------------- |
+| `<p>.blocking`               | direct exchange, alternate exchange `<p>.unrouted`      |
+| `<p>.blocking.<client>`      | one queue per client, single active consumer            |
+| `<p>.unrouted`               | fanout exchange + queue: blocking items for unknown ids |
+| `<p>.nonblocking`            | topic exchange bound `#` to the queue of the same name  |
+| `<p>.control`                | fanout exchange for control messages                    |
+| `<p>.events`                 | topic exchange for lifecycle events                     |
+| `<p>.state`                  | stream: the state log (registrations, parks, pauses)    |
+| `<p>.archive`                | queue: skipped items, with who skipped them and why     |
+| `<p>.deadletter`             | fanout exchange + queue: items over the delivery limit  |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+QueueType = Literal["quorum", "classic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names of one deployment's exchanges and queues."""
+
+    prefix: str
+    queue_type: QueueType = "quorum"
+    delivery_limit: int = 1000
+
+    @property
+    def blocking(self) -> str:
+        return f"{self.prefix}.blocking"
+
+    @property
+    def unrouted(self) -> str:
+        return f"{self.prefix}.unrouted"
+
+    @property
+    def nonblocking(self) -> str:
+        return f"{self.prefix}.nonblocking"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}.state"
+
+    @property
+    def archive(self) -> str:
+        return f"{self.prefix}.archive"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    def client_queue(self, client_id: str) -> str:
+        """The blocking queue of one client."""
+        return f"{self.blocking}.{client_id}"
+
+    def client_queue_arguments(self) -> dict[str, Any]:
+        """Arguments of every client queue.
+
+        Single active consumer keeps one consumer per client across replicas.
+        On quorum queues the delivery limit is set on purpose: 3.10 has none (a
+        message that crashes the daemon would loop forever), 4.x defaults to 20
+        and drops the message at the limit, and 4.x returns requeued messages to
+        the *back* of a queue without a limit, which would break FIFO. Crashes,
+        timeouts and graceful hand-backs all count, so the limit is high and the
+        item goes to `<p>.deadletter` rather than being dropped.
+
+        Classic queues have no delivery limit. They suffer rabbitmq-server
+        #5460 (a cancelled single-active consumer that held a delivery starves
+        its successor): the consumers never cancel while holding, they hand a
+        queue over only by closing the channel.
+        """
+        args: dict[str, Any] = {"x-single-active-consumer": True}
+        if self.queue_type == "quorum":
+            args |= {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.delivery_limit,
+                "x-dead-letter-exchange": self.deadletter,
+            }
+        else:
+            args |= {"x-queue-type": "classic"}
+        return args
+
+    def shared_queue_arguments(self) -> dict[str, Any]:
+        """Arguments of the durable shared queues (non-blocking, dead-letter, archive)."""
+        return {"x-queue-type": self.queue_type}
+
+    @staticmethod
+    def unrouted_queue_arguments() -> dict[str, Any]:
+        """The unrouted queue is classic on purpose.
+
+        Listing and replaying browse it with unacked gets and hand the rest back;
+        a classic queue puts returned messages back at their original positions,
+        so the original order survives any number of listings.
+        """
+        return {"x-queue-type": "classic"}
+
+    @staticmethod
+    def state_stream_arguments() -> dict[str, Any]:
+        """The state log is a stream: read non-destructively by every replica."""
+        return {"x-queue-type": "stream", "x-max-length-bytes": 1_000_000_000}
+
+
+async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
+    """Declare every shared exchange and queue (not the client queues)."""
+    ex = aio_pika.ExchangeType
+    unrouted_x = await channel.declare_exchange(topo.unrouted, ex.FANOUT, durable=True)
+    unrouted_q = await channel.declare_queue(
+        topo.unrouted, durable=True, arguments=topo.unrouted_queue_arguments()
+    )
+    await unrouted_q.bind(unrouted_x)
+    await channel.declare_exchange(
+        topo.blocking, ex.DIRECT, durable=True, arguments={"alternate-exchange": topo.unrouted}
+    )
+    nb_x = await channel.declare_exchange(topo.nonblocking, ex.TOPIC, durable=True)
+    nb_q = await channel.declare_queue(
+        topo.nonblocking, durable=True, arguments=topo.shared_queue_arguments()
+    )
+    await nb_q.bind(nb_x, routing_key="#")
+    await channel.declare_exchange(topo.control, ex.FANOUT, durable=True)
+    await channel.declare_exchange(topo.events, ex.TOPIC, durable=True)
+    dl_x = await channel.declare_exchange(topo.deadletter, ex.FANOUT, durable=True)
+    dl_q = await channel.declare_queue(
+        topo.deadletter, durable=True, arguments=topo.shared_queue_arguments()
+    )
+    await dl_q.bind(dl_x)
+    await channel.declare_queue(
+        topo.archive, durable=True, arguments=topo.shared_queue_arguments()
+    )
+    await channel.declare_queue(
+        topo.state, durable=True, arguments=topo.state_stream_arguments()
+    )
+
+
+async def declare_client_queue(
+    channel: AbstractChannel, topo: Topology, client_id: str
+) -> AbstractQueue:
+    """Declare one client's queue and bind it to the blocking exchange."""
+    queue = await channel.declare_queue(
+        topo.client_queue(client_id), durable=True, arguments=topo.client_queue_arguments()
+    )
+    await queue.bind(topo.blocking, routing_key=client_id)
+    return queue

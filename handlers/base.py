@@ -1,0 +1,56 @@
+"""The types a handler sees: the validated item and its context.
+
+Handlers know nothing of queues, acks or parking (DESIGN.md "Who may know whom"):
+they get an `Item` whose payload is already validated against the handler's
+pydantic model, and a `Context` that gives them the client's connections.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+P = TypeVar("P", bound=BaseModel)
+QueueKind = Literal["blocking", "nonblocking"]
+
+
+@dataclass(frozen=True, slots=True)
+class Item(Generic[P]):
+    """One validated queue item, as a handler receives it."""
+
+    message_id: str
+    type: str
+    client_id: str
+    payload: P
+    queue: QueueKind
+    attempt: int = 1
+
+
+class Context(Protocol):
+    """What a handler may use; the daemon provides the implementation."""
+
+    def connection(self, client_id: str, section: str) -> Any:
+        """The client's connection settings for `section`; PermanentError when it has none."""
+        ...
+
+    def connector(self, client_id: str, section: str) -> Any:
+        """An HTTP connector for the client's `section` (channel, catalog, source, warehouse)."""
+        ...
+
+
+HandlerFunc = Callable[[Item[Any], Context], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """One instruction type: its payload schema, its function and the queue it belongs in."""
+
+    type: str
+    payload: builtins.type[BaseModel]  # `type` is the field above inside this class body
+    func: HandlerFunc
+    queue: QueueKind = "blocking"
+    description: str = ""

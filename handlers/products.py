@@ -1,0 +1,71 @@
+"""`product.sync` and `product.delete`: a product on the client's sales channel or catalog.
+
+Both are idempotent, as at-least-once delivery requires: a PUT of the same
+product twice leaves the same product, and deleting what is gone succeeds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from handlers.base import Context, Handler, Item
+
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Target = Literal["channel", "catalog"]
+
+
+class SyncPayload(BaseModel):
+    """The product to create or update, and where."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sku: Sku
+    product: dict[str, Any]
+    target: Target = "channel"
+
+
+class DeletePayload(BaseModel):
+    """The product to delete, and where."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sku: Sku
+    target: Target = "channel"
+
+
+async def sync_product(item: Item[SyncPayload], ctx: Context) -> None:
+    """Create or update the product: `PUT {base_url}/products/{sku}` with the product as body."""
+    payload = item.payload
+    api = ctx.connector(item.client_id, payload.target)
+    await api.put(("products", payload.sku), payload.product, message_id=item.message_id)
+
+
+async def delete_product(item: Item[DeletePayload], ctx: Context) -> None:
+    """Delete the product: `DELETE {base_url}/products/{sku}`.
+
+    A 404 (or 410) answer counts as success: the product is already gone, which
+    is what was asked, and it is what a redelivered delete will see.
+    """
+    payload = item.payload
+    api = ctx.connector(item.client_id, payload.target)
+    await api.delete(("products", payload.sku), message_id=item.message_id, accept=(404, 410))
+
+
+HANDLERS = (
+    Handler(
+        type="product.sync",
+        payload=SyncPayload,
+        func=sync_product,
+        queue="blocking",
+        description="create or update a product on the sales channel or catalog",
+    ),
+    Handler(
+        type="product.delete",
+        payload=DeletePayload,
+        func=delete_product,
+        queue="blocking",
+        description="delete a product from the sales channel or catalog",
+    ),
+)

@@ -1,0 +1,148 @@
+"""The JSON API of SPEC section 8 on a running daemon: access, shapes, and actions that act."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import Broker, FakeShop, clients_toml, free_port, running, settings_for
+
+pytestmark = pytest.mark.timeout(60)
+ADMIN = {"Authorization": "Bearer admin-token"}
+
+
+async def _call(base: str, method: str, path: str, headers: dict[str, str] | None = None,
+                body: Any = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.request(
+        method, base + path, headers=headers, json=body
+    ) as response:
+        return response.status, await response.json()
+
+
+@pytest.fixture
+def api_settings(prefix, tmp_path, shop: FakeShop):
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, ["acme", "globex"]))
+    return settings_for(prefix, tmp_path, clients_file=path, http_port=free_port())
+
+
+async def test_health_and_readiness_need_no_token(api_settings, amqp: Broker):
+    """/healthz answers while the process lives; /readyz once connected and consuming."""
+    async with running(api_settings):
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        assert await _call(base, "GET", "/healthz") == (200, {"ok": True})
+        assert await _call(base, "GET", "/readyz") == (200, {"ready": True, "clients": 2})
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    (None, 401),
+    ({"Authorization": "Bearer wrong"}, 401),
+    ({"Authorization": "Basic admin-token"}, 401),
+    (ADMIN, 200),
+], ids=["no-token", "wrong-token", "not-bearer", "admin"])
+async def test_the_api_refuses_callers_without_the_right_token(
+    api_settings, amqp: Broker, headers, status
+):
+    """No token or a wrong one: 401 with a JSON error; the admin token: the clients."""
+    async with running(api_settings):
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        got, body = await _call(base, "GET", "/api/v1/clients", headers)
+    assert got == status
+    if status == 401:
+        assert body == {"ok": False, "error": "missing or wrong bearer token"}
+
+
+async def test_with_no_admin_token_configured_everyone_is_refused(
+    prefix, tmp_path, amqp: Broker
+):
+    """An unset S2SQ_ADMIN_TOKEN locks the API: even 'Bearer ' with an empty token fails."""
+    settings = settings_for(prefix, tmp_path, http_port=free_port(), admin_token=None)
+    async with running(settings):
+        base = f"http://127.0.0.1:{settings.http_port}"
+        assert (await _call(base, "GET", "/api/v1/clients", ADMIN))[0] == 401
+        assert (await _call(base, "GET", "/api/v1/clients", {"Authorization": "Bearer "}))[0] \
+            == 401
+
+
+async def test_clients_are_listed_and_shown_with_state_depth_and_parked_item(
+    api_settings, amqp: Broker, shop: FakeShop
+):
+    """GET /api/v1/clients and /clients/{id} show what SPEC section 8 lists; unknown is 404."""
+    shop.script["X"] = [422]
+    async with running(api_settings):
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        await amqp.publish("acme", "X")
+        await amqp.publish("acme", "Y")
+        await amqp.wait_event("client.parked", "acme")
+        listed = await _call(base, "GET", "/api/v1/clients", ADMIN)
+        one = await _call(base, "GET", "/api/v1/clients/acme", ADMIN)
+        missing = await _call(base, "GET", "/api/v1/clients/nobody", ADMIN)
+    assert listed[0] == 200
+    assert [(c["client_id"], c["state"]) for c in listed[1]["clients"]] == [
+        ("acme", "parked"), ("globex", "running")]
+    status, acme = one
+    assert status == 200
+    assert set(acme) >= {"client_id", "state", "depth", "parked"}
+    assert acme["depth"] in (0, 1)  # quorum counts may lag (DESIGN fact 9)
+    assert acme["parked"]["message_id"] == "X"
+    assert set(acme["parked"]) == {"message_id", "type", "error", "attempts", "since", "payload"}
+    assert missing == (404, {"ok": False, "error": "client 'nobody' is not registered"})
+
+
+async def test_actions_over_http_act_like_control_messages(
+    api_settings, amqp: Broker, shop: FakeShop
+):
+    """retry, skip, pause, resume and register through the API, answered as the control reply."""
+    shop.script["X"] = [422, 422]
+    async with running(api_settings) as sup:
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        await amqp.publish("acme", "X")
+        await amqp.publish("acme", "Y")
+        await amqp.wait_event("client.parked", "acme")
+        retried = await _call(base, "POST", "/api/v1/clients/acme/retry", ADMIN)
+        stale = await _call(base, "POST", "/api/v1/clients/acme/skip", ADMIN,
+                            {"message_id": "nope"})
+        skipped = await _call(base, "POST", "/api/v1/clients/acme/skip", ADMIN,
+                              {"message_id": "X", "reason": "bad data"})
+        await amqp.wait_event("item.succeeded", "acme")
+        paused = await _call(base, "POST", "/api/v1/clients/globex/pause", ADMIN)
+        resumed = await _call(base, "POST", "/api/v1/clients/globex/resume", ADMIN)
+        created = await _call(base, "POST", "/api/v1/clients", ADMIN, {"client_id": "initech"})
+        again = await _call(base, "POST", "/api/v1/clients", ADMIN, {"client_id": "initech"})
+        invalid = await _call(base, "POST", "/api/v1/clients", ADMIN, {"client_id": "a/b"})
+        bad_json = await _call(base, "POST", "/api/v1/clients/acme/retry", ADMIN, ["x"])
+        assert "initech" in sup.consumers
+    assert retried[0] == 200
+    assert retried[1]["outcome"] == "failed"
+    assert stale == (409, {"ok": False, "error": "message 'nope' is not the parked item of "
+                                                 "client 'acme' (the parked item is 'X')"})
+    assert skipped == (200, {"ok": True, "message_id": "X"})
+    assert paused == (200, {"ok": True, "client_id": "globex", "state": "paused"})
+    assert resumed == (200, {"ok": True, "client_id": "globex", "state": "running"})
+    assert created == (201, {"ok": True, "client_id": "initech", "created": True})
+    assert again == (200, {"ok": True, "client_id": "initech", "created": False})
+    assert invalid[0] == 409
+    assert invalid[1]["error"].startswith("invalid client id 'a/b'")
+    assert bad_json == (409, {"ok": False, "error": "request body must be a JSON object"})
+    assert amqp.named("item.skipped", "acme")[0]["actor"] == "admin"
+
+
+async def test_unrouted_items_are_listed_and_replayed_over_http(
+    api_settings, amqp: Broker, shop: FakeShop
+):
+    """GET /api/v1/unrouted lists them oldest first; POST .../replay moves them in order."""
+    async with running(api_settings) as sup:
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        await amqp.publish("initech", type_="system.noop", payload={}, message_id="I1")
+        await amqp.publish("initech", type_="system.noop", payload={}, message_id="I2")
+        listed = await _call(base, "GET", "/api/v1/unrouted", ADMIN)
+        await sup.ops.register("initech", actor="test")
+        replayed = await _call(base, "POST", "/api/v1/unrouted/initech/replay", ADMIN)
+        await amqp.wait_event("item.succeeded", "initech", 2)
+    assert listed == (200, {"items": [
+        {"message_id": "I1", "client_id": "initech", "type": "system.noop"},
+        {"message_id": "I2", "client_id": "initech", "type": "system.noop"}]})
+    assert replayed == (200, {"ok": True, "client_id": "initech", "replayed": 2})
+    assert [e["message_id"] for e in amqp.named("item.succeeded", "initech")] == ["I1", "I2"]

@@ -1,0 +1,56 @@
+"""HandlerContext: connections from the current clients file, and connectors by kind."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.clients import ClientConfig, Connection
+from handlers.base import Context
+from handlers.connectors import HttpConnector
+from handlers.context import HandlerContext
+from handlers.errors import PermanentError
+
+
+def test_the_context_satisfies_the_handlers_context_protocol(ctx):
+    """Handlers type their argument as `Context`; HandlerContext is one."""
+    context: Context = ctx
+    assert isinstance(context.connector("acme", "channel"), HttpConnector)
+
+
+def test_the_context_returns_the_clients_connection(ctx, clients):
+    """`connection` gives the section's settings as loaded."""
+    assert ctx.connection("acme", "catalog") == clients["acme"].catalog
+
+
+def test_the_context_reads_the_clients_file_again_on_each_call(session):
+    """A reload (SIGHUP) is seen by the next item, without a new context."""
+    current: dict[str, ClientConfig] = {}
+    ctx = HandlerContext(lambda: current, session)
+    with pytest.raises(PermanentError):
+        ctx.connection("acme", "source")
+    current["acme"] = ClientConfig(source=Connection(base_url="https://erp.example"))
+    assert ctx.connection("acme", "source").base_url == "https://erp.example"
+
+
+def test_a_missing_section_names_the_table_to_add(ctx):
+    """The error says which [clients.<id>.<section>] table is missing."""
+    with pytest.raises(PermanentError) as info:
+        ctx.connector("bare", "warehouse")
+    assert str(info.value) == (
+        "client 'bare' has no [clients.bare.warehouse] section in the clients file"
+    )
+
+
+def test_an_unknown_section_is_refused(ctx):
+    """Only channel, catalog, source and warehouse exist."""
+    with pytest.raises(PermanentError, match="unknown connection section 'shop'"):
+        ctx.connection("acme", "shop")
+
+
+def test_magento2_connections_are_refused_for_now(session):
+    """Until the Magento 2 connector lands, such an item fails permanently and says why."""
+    config = ClientConfig(channel=Connection(kind="magento2", base_url="https://m2.example"))
+    ctx = HandlerContext(lambda: {"acme": config}, session)
+    with pytest.raises(PermanentError) as info:
+        ctx.connector("acme", "channel")
+    assert str(info.value) == "magento2 connections are not supported yet"

@@ -1,0 +1,335 @@
+"""Real parts for broker tests: a fake shop, an event tap, the daemon in-process or as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+
+from daemon.producer import Producer, item_message, send_control
+from daemon.settings import Settings
+from daemon.state import StateLog
+from daemon.supervisor import Supervisor
+from daemon.topology import Topology
+
+AMQP_URL = os.environ.get("S2SQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unique_prefix(nodeid: str) -> str:
+    """A prefix unique to one test run of one test (STYLE section 10)."""
+    digest = hashlib.sha1(nodeid.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"t{digest}{uuid.uuid4().hex[:6]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` every 10 ms; fail with `what` if it stays false for `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def stays(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """Check that `predicate` holds for the whole of `seconds` (for things that must NOT happen)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), what
+        await asyncio.sleep(0.02)
+
+
+# -- the fake shop (a sales channel speaking the generic HTTP connector) ------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    sku: str
+    client: str
+    message_id: str
+    body: bytes
+
+
+@dataclass
+class FakeShop:
+    """Records every request; answers from `script[sku]` (a list of statuses, popped) or 200."""
+
+    url: str = ""
+    seen: list[Seen] = field(default_factory=list)
+    script: dict[str, list[int]] = field(default_factory=dict)
+    delay: float = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        sku = request.match_info.get("sku", "")
+        self.seen.append(Seen(request.method, request.path, sku,
+                              request.headers.get("X-S2S-Client", ""),
+                              request.headers.get("Idempotency-Key", ""), await request.read()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        statuses = self.script.get(sku)
+        status = statuses.pop(0) if statuses else 200
+        body = '{"message":"sku rejected by the shop"}' if status >= 400 else "{}"
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    def skus(self, client: str | None = None) -> list[str]:
+        return [s.sku for s in self.seen if client is None or s.client == client]
+
+
+@asynccontextmanager
+async def fake_shop() -> AsyncIterator[FakeShop]:
+    shop = FakeShop()
+    app = web.Application()
+    app.router.add_route("*", "/{client}/products/{sku}", shop.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    shop.url = f"http://{host}:{port}"
+    try:
+        yield shop
+    finally:
+        await runner.cleanup()
+
+
+def clients_toml(shop_url: str, client_ids: list[str], **extra: str) -> str:
+    """A clients file whose clients' channels are the fake shop."""
+    lines = []
+    for cid in client_ids:
+        lines += [f"[clients.{cid}]", f'name = "{cid} Ltd"', *extra.get(cid, "").splitlines(),
+                  f"[clients.{cid}.channel]", 'kind = "http"',
+                  f'base_url = "{shop_url}/{cid}"', 'token = "shop-token"', ""]
+    return "\n".join(lines)
+
+
+# -- the broker side of a test -------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    """A test's own connection: publish items, send control messages, watch events."""
+
+    connection: AbstractRobustConnection
+    topo: Topology
+    events: list[dict[str, Any]] = field(default_factory=list)
+    producer: Producer | None = None
+
+    async def publish(self, client: str, sku: str | None = None, *, type_: str = "product.sync",
+                      payload: dict[str, Any] | None = None, message_id: str | None = None) -> str:
+        if payload is None:
+            payload = {"sku": sku, "product": {"name": f"Product {sku}"}}
+        if self.producer is None:
+            self.producer = Producer(self.connection, self.topo)
+        return await self.producer.publish(client, type_, payload, message_id=message_id or sku)
+
+    async def register(self, *clients: str) -> None:
+        """Register clients straight in the broker, as `s2s-queue clients add` does."""
+        from daemon.state import register_client
+
+        async with self.connection.channel(publisher_confirms=True) as channel:
+            for client in clients:
+                await register_client(channel, self.topo, client, "tester", "test")
+
+    async def publish_raw(self, body: bytes, routing_key: str, **properties: Any) -> None:
+        """Publish exactly these properties, through pika: aiormq fills in a missing message_id."""
+        await asyncio.to_thread(_pika_publish, self.topo.blocking, routing_key, body, properties)
+
+    async def control(self, timeout: float = 15.0, **request: Any) -> dict[str, Any]:
+        request.setdefault("actor", "tester")
+        return await send_control(self.connection, self.topo, request, timeout)
+
+    def named(self, event: str, client: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events
+                if e["event"] == event and (client is None or e["client_id"] == client)]
+
+    async def wait_event(self, event: str, client: str, count: int = 1,
+                         timeout: float = 15.0) -> list[dict[str, Any]]:
+        await wait_until(lambda: len(self.named(event, client)) >= count, timeout,
+                         f"{count} × {event} for {client} (got {self.named(event, client)})")
+        return self.named(event, client)
+
+    async def queue_messages(self, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """Every message in a queue (browsed and handed back)."""
+        out = []
+        async with self.connection.channel() as channel:
+            queue = await channel.get_queue(name, ensure=False)
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                out.append(message)
+        return out
+
+
+@asynccontextmanager
+async def broker(prefix: str) -> AsyncIterator[Broker]:
+    topo = Topology(prefix)
+    connection = await aio_pika.connect_robust(
+        AMQP_URL, client_properties={"connection_name": f"test {prefix}"})
+    b = Broker(connection, topo)
+    try:
+        async with connection.channel() as setup:
+            from daemon.topology import declare_topology
+            await declare_topology(setup, topo)
+        channel = await connection.channel()
+        tap = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await tap.bind(topo.events, routing_key="#")
+
+        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            b.events.append(orjson.loads(message.body))
+
+        await tap.consume(on_event, no_ack=True)
+        yield b
+    finally:
+        await purge(connection, topo)
+        await connection.close()
+
+
+async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
+    """Delete everything a prefix created: client queues found in its state log, then the rest."""
+    state = StateLog(connection, topo, "purge")
+    with suppress(Exception):
+        await state.start()
+        await state.stop()
+    async with connection.channel() as channel:
+        for client in state.view.clients:
+            with suppress(Exception):
+                await channel.queue_delete(topo.client_queue(client))
+    for name in (topo.unrouted, topo.nonblocking, topo.deadletter, topo.archive, topo.state):
+        async with connection.channel() as channel:
+            with suppress(Exception):
+                await channel.queue_delete(name)
+    for name in (topo.blocking, topo.unrouted, topo.nonblocking, topo.control, topo.events,
+                 topo.deadletter):
+        async with connection.channel() as channel:
+            with suppress(Exception):
+                await channel.exchange_delete(name)
+
+
+def _pika_publish(exchange: str, routing_key: str, body: bytes, properties: Any) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(exchange, routing_key, body,
+                              pika.BasicProperties(delivery_mode=2, **properties))
+    finally:
+        connection.close()
+
+
+# -- the daemon, in this process ----------------------------------------------------------
+
+
+def settings_for(prefix: str, tmp: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "amqp_url": AMQP_URL, "prefix": prefix, "http_port": 0, "admin_token": "admin-token",
+        "blocking_backoff": 0.05, "handler_timeout": 5.0, "shutdown_timeout": 5.0,
+        "log_format": "json", "image_dir": tmp / "images",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Supervisor]:
+    """The supervisor as a task of the test's loop, ready on entry, stopped in order on exit."""
+    sup = Supervisor(settings, handle_signals=False)
+    task = asyncio.ensure_future(sup.run())
+    try:
+        await wait_until(lambda: sup.ready or task.done(), 30, "the daemon to be ready")
+        if task.done():
+            task.result()
+        yield sup
+    finally:
+        sup.stop_requested.set()
+        await asyncio.wait_for(task, 60)
+
+
+# -- the daemon as a process ---------------------------------------------------------------
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.log_path.read_bytes().splitlines():
+            with suppress(orjson.JSONDecodeError):
+                out.append(orjson.loads(raw))
+        return out
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == event]
+
+    async def wait_logged(self, event: str, timeout: float = 30.0) -> dict[str, Any]:
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n"
+                                     + self.log_path.read_text()[-3000:])
+            return bool(self.logged(event))
+        await wait_until(seen, timeout, f"the daemon to log {event}")
+        return self.logged(event)[0]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float = 60.0) -> int:
+        await wait_until(lambda: self.proc.poll() is not None, timeout, "the daemon to exit")
+        return self.proc.returncode
+
+
+@asynccontextmanager
+async def daemon_process(env: dict[str, str], log_path: Path) -> AsyncIterator[DaemonProcess]:
+    full_env = {**os.environ, **env}
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT,
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    daemon = DaemonProcess(proc, log_path)
+    try:
+        yield daemon
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+
+def daemon_env(prefix: str, **extra: str) -> dict[str, str]:
+    env = {"S2SQ_AMQP_URL": AMQP_URL, "S2SQ_PREFIX": prefix, "S2SQ_HTTP_PORT": "0",
+           "S2SQ_LOG_FORMAT": "json", "S2SQ_BLOCKING_BACKOFF": "0.05",
+           "S2SQ_SHUTDOWN_TIMEOUT": "10"}
+    env.update(extra)
+    return env
+
+
+def item(client: str, sku: str, **headers: Any) -> aio_pika.Message:
+    return item_message(client, "product.sync", {"sku": sku, "product": {}}, message_id=sku)
+
+
+NUMBERED = re.compile(r"\d+")
