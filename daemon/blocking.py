@@ -21,6 +21,7 @@ from typing import Any
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
 from daemon.notifications import Failure
@@ -118,13 +119,22 @@ class BlockingConsumer:
         if self._stopping:
             return  # never started: handed back when the channel closes
         self._head = message
-        if await self._restore_park(message):
-            return
-        if self.paused:
-            log.info("item.held", client_id=self.client_id, message_id=message.message_id,
-                     reason="paused")
-            return
-        await self._run_guarded(message)
+        try:
+            if await self._restore_park(message):
+                return
+            if self.paused:
+                log.info("item.held", client_id=self.client_id, message_id=message.message_id,
+                         reason="paused")
+                return
+            await self._run_guarded(message)
+        except (AMQPError, ChannelInvalidStateError) as exc:
+            # The channel or connection went away mid-item: the broker requeued the
+            # item at the head and will deliver it again (at-least-once).
+            log.warning("item.interrupted", client_id=self.client_id,
+                        message_id=message.message_id, type=message.type, error=repr(exc))
+        except Exception:
+            log.exception("item.crashed", client_id=self.client_id,
+                          message_id=message.message_id, type=message.type)
 
     async def _restore_park(self, message: AbstractIncomingMessage) -> bool:
         """Hold `message` again if the state log says it is the parked item."""

@@ -116,7 +116,8 @@ class Supervisor:
 
     @property
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """True while the (robust) connection is up; False while it reconnects."""
+        return self._connection is not None and self._connection.connected.is_set()
 
     @property
     def state(self) -> StateLog:

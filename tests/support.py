@@ -63,6 +63,21 @@ async def stays(predicate: Callable[[], bool], seconds: float, what: str) -> Non
         await asyncio.sleep(0.02)
 
 
+async def close_connection(name: str) -> None:
+    """Close the broker connection(s) named `name` from the broker's side (rabbitmqctl)."""
+
+    def run() -> None:
+        command = ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"]
+        listed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30)
+        pids = [line.split("\t")[0] for line in listed.stdout.splitlines() if name in line]
+        assert pids, f"no connection named {name!r}"
+        for pid in pids:
+            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"],
+                           check=True, timeout=30, capture_output=True)
+
+    await asyncio.to_thread(run)
+
+
 # -- the fake shop (a sales channel speaking the generic HTTP connector) ------------
 
 

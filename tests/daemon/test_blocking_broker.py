@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import Broker, FakeShop, clients_toml, running, settings_for, stays, wait_until
+from tests.support import (
+    Broker,
+    FakeShop,
+    clients_toml,
+    close_connection,
+    running,
+    settings_for,
+    stays,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -283,3 +292,28 @@ async def test_unrouted_items_are_kept_listed_and_replayed_in_original_order(
     assert replayed == {"ok": True, "client_id": "ghost", "replayed": 5}
     assert shop.skus("ghost") == [f"GH{n}" for n in range(5)]
     assert [i["message_id"] for i in left["items"]] == ["OT0"]
+
+
+async def test_after_losing_the_broker_connection_work_resumes_and_parks_hold(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Connection closed by the broker: it reconnects, acme stays parked, globex goes on."""
+    shop.script["X"] = [422]
+    async with running(_settings(prefix, tmp_path, shop, ["acme", "globex"])) as sup:
+        await amqp.publish("acme", "X")
+        await amqp.publish("acme", "Y")
+        await amqp.publish("globex", "G1")
+        await amqp.wait_event("client.parked", "acme")
+        await amqp.wait_event("item.succeeded", "globex")
+        await close_connection(f"s2s-queue {sup.replica}")
+        await wait_until(lambda: not sup.connected, 10, "the daemon to notice the loss")
+        await wait_until(lambda: sup.connected, 30, "the daemon to reconnect")
+        await wait_until(lambda: sup.consumers["acme"].state == "parked", 15,
+                         "acme's parked item to be held again")
+        await amqp.publish("globex", "G2")
+        await wait_until(lambda: "G2" in shop.skus(), 15, "globex's next item")
+        await stays(lambda: shop.skus("acme") == ["X"], 1.0, "acme's parked item ran again")
+        retried = await amqp.control(action="retry", client_id="acme", message_id="X")
+        await wait_until(lambda: "Y" in shop.skus(), 15, "acme to resume after retry")
+    assert retried["outcome"] == "succeeded"
+    assert len(amqp.named("client.parked", "acme")) == 1
