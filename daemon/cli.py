@@ -206,6 +206,10 @@ def _run(settings: Settings) -> int:
     except ClientsFileError as exc:
         print(f"s2s-queue: {exc}", file=sys.stderr)
         return 2
+    except aio_pika.exceptions.AMQPChannelError as exc:
+        # e.g. PRECONDITION_FAILED: a queue exists with other arguments (S2SQ_QUEUE_TYPE changed?)
+        print(f"s2s-queue: the broker refused: {exc}", file=sys.stderr)
+        return 4
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
         print(f"s2s-queue: broker unreachable: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 4
