@@ -52,6 +52,8 @@ class BlockingConsumer:
         self._parked: Record | None = None
         self._running: asyncio.Task[Any] | None = None
         self._resumed: asyncio.Task[None] | None = None
+        # Succeeded, but the ack died with its channel: its redelivery is acked unrun.
+        self._done_unacked: str | None = None
         self._stopping = False
         self._lock = asyncio.Lock()
         self._idle = asyncio.Event()
@@ -104,9 +106,13 @@ class BlockingConsumer:
             self._running.cancel()
 
     def channel_lost(self) -> None:
-        """The channel closed: its delivery tags are void, the broker requeued the head."""
+        """The channel closed: its delivery tags are void, the broker requeued the head.
+
+        A run in progress goes on; the redelivery waits for it (see `_on_message`).
+        """
         self._head = None
         self._parked = None
+        self._queue = None
 
     def on_resume(self) -> None:
         """A resume record arrived: run the item held while paused, if any."""
@@ -116,8 +122,20 @@ class BlockingConsumer:
     # -- delivery ------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self.busy:
+            # A run that began on a channel since lost is still going (consumer_timeout,
+            # say): never run one item twice at the same time.
+            log.info("item.waiting_for_previous_run", client_id=self.client_id,
+                     message_id=message.message_id)
+            await self._idle.wait()
         if self._stopping:
             return  # never started: handed back when the channel closes
+        if message.message_id is not None and message.message_id == self._done_unacked:
+            self._done_unacked = None
+            log.info("item.already_done", client_id=self.client_id,
+                     message_id=message.message_id, type=message.type)
+            await message.ack()
+            return
         self._head = message
         try:
             if await self._restore_park(message):
@@ -137,7 +155,15 @@ class BlockingConsumer:
                           message_id=message.message_id, type=message.type)
 
     async def _restore_park(self, message: AbstractIncomingMessage) -> bool:
-        """Hold `message` again if the state log says it is the parked item."""
+        """Hold `message` again if the state log says it is the parked item.
+
+        A redelivered head item may be parked (held again, unrun, unannounced) or
+        interrupted while running (run again: at-least-once). Another replica may
+        have parked it just before dying, so read the log up to now first; a first
+        delivery costs no round trip.
+        """
+        if message.redelivered:
+            await self._rt.state.sync()
         record = self._rt.state.view.parked.get(self.client_id)
         if record is None:
             return False
@@ -213,10 +239,15 @@ class BlockingConsumer:
     async def _succeeded(
         self, message: AbstractIncomingMessage, parsed: Parsed, attempts: int, started: float
     ) -> None:
-        await message.ack()
+        item = parsed.item
+        try:
+            await message.ack()
+        except (AMQPError, ChannelInvalidStateError):
+            self._done_unacked = item.message_id
+            log.warning("item.ack_lost", client_id=self.client_id, message_id=item.message_id,
+                        type=item.type)
         if self._head is message:
             self._head = None
-        item = parsed.item
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         log.info("item.succeeded", client_id=self.client_id, message_id=item.message_id,
                  type=item.type, queue="blocking", attempts=attempts, duration_ms=duration_ms)

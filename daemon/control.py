@@ -18,6 +18,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from daemon.leader import Leadership
 from daemon.operations import OperationError, Operations
 from daemon.topology import Topology
 
@@ -53,11 +54,17 @@ class Control:
     """Consumes control messages for one replica and answers them."""
 
     def __init__(
-        self, connection: AbstractRobustConnection, topo: Topology, ops: Operations, replica: str
+        self,
+        connection: AbstractRobustConnection,
+        topo: Topology,
+        ops: Operations,
+        replica: str,
+        leadership: Leadership,
     ) -> None:
         self._connection = connection
         self._topo = topo
         self._ops = ops
+        self._leadership = leadership
         self._queue_name = f"{topo.control}.{replica}"
         self._channel: AbstractChannel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,15 +93,21 @@ class Control:
             self._tasks.add(task)
         try:
             answer = await self.handle(message.body, message.user_id)
-            await self._reply(message, answer)
+            if answer is not None:
+                await self._reply(message, answer)
         finally:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def handle(self, body: bytes, user_id: str | None) -> dict[str, Any]:
-        """Carry out one control message; the answer to send back."""
+    async def handle(self, body: bytes, user_id: str | None) -> dict[str, Any] | None:
+        """Carry out one control message; the answer, or None when another replica answers."""
         try:
             action, args = parse_control(body, user_id)
+        except OperationError as exc:
+            return {"ok": False, "error": str(exc)} if self._leadership.is_leader else None
+        if not await self._answers(action, args.get("client_id")):
+            return None
+        try:
             result = await self.dispatch(action, args)
         except OperationError as exc:
             log.info("control.refused", error=str(exc))
@@ -103,6 +116,22 @@ class Control:
             log.exception("control.failed")
             return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
         return {"ok": True, **result}
+
+    async def _answers(self, action: str, client_id: str | None) -> bool:
+        """Whether this replica acts on and answers the message (exactly one replica does).
+
+        The replica holding a parked item answers `retry`/`skip` for it; the
+        leader answers everything else, and says "not parked" only after
+        reading the state log up to now finds no park held elsewhere.
+        """
+        if action in ("retry", "skip") and client_id:
+            if self._ops.holds_park(client_id):
+                return True
+            if not self._leadership.is_leader:
+                return False
+            await self._ops.sync()
+            return not self._ops.parked_anywhere(client_id)
+        return self._leadership.is_leader
 
     async def dispatch(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
         ops = self._ops
@@ -121,6 +150,8 @@ class Control:
                 raise OperationError(f"{action} needs a client_id")
             if action == "register":
                 return await ops.register(client_id, args["actor"])
+            if action in ("retry", "skip"):
+                args["forward"] = False  # this replica holds it, or nobody does
             return await needs_client[action](client_id, **args)
         if action in ("retry_failed", "skip_failed", "list_failed"):
             raise OperationError(f"{action}: the non-blocking queue is not available yet")

@@ -51,19 +51,60 @@ class Operations:
             raise UnknownClient(f"client {client_id!r} is not registered")
         return consumer
 
+    def holds_park(self, client_id: str) -> bool:
+        """True if this replica holds the client's parked item."""
+        consumer = self._sup.consumers.get(client_id)
+        return consumer is not None and consumer.parked is not None
+
+    def parked_anywhere(self, client_id: str) -> bool:
+        """True if the state log says the client is parked (on any replica)."""
+        return client_id in self._sup.state.view.parked
+
+    async def sync(self) -> None:
+        """Read the state log up to now."""
+        await self._sup.state.sync()
+
     async def retry(
         self, client_id: str, *, actor: str, message_id: str | None = None,
-        reason: str | None = None,
+        reason: str | None = None, forward: bool = True,
     ) -> dict[str, Any]:
         """Run the parked item once now (SPEC section 4, point 5)."""
-        return await self._consumer(client_id).retry(message_id, actor, reason)
+        consumer = self._consumer(client_id)
+        if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
+            return await self._forward("retry", client_id, actor, message_id, reason)
+        return await consumer.retry(message_id, actor, reason)
 
     async def skip(
         self, client_id: str, *, actor: str, message_id: str | None = None,
-        reason: str | None = None,
+        reason: str | None = None, forward: bool = True,
     ) -> dict[str, Any]:
         """Archive the parked item without running it, and resume the client."""
-        return await self._consumer(client_id).skip(message_id, actor, reason)
+        consumer = self._consumer(client_id)
+        if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
+            return await self._forward("skip", client_id, actor, message_id, reason)
+        return await consumer.skip(message_id, actor, reason)
+
+    async def _forward(
+        self, action: str, client_id: str, actor: str, message_id: str | None,
+        reason: str | None,
+    ) -> dict[str, Any]:
+        """Another replica holds the parked item: ask it through a control message."""
+        from daemon.producer import NoAnswer, send_control
+
+        request = {"action": action, "client_id": client_id, "actor": actor,
+                   "message_id": message_id, "reason": reason}
+        timeout = 10.0 + self._sup.settings.handler_timeout
+        try:
+            answer = await send_control(self._sup.connection, self._sup.topo,
+                                        {k: v for k, v in request.items() if v is not None},
+                                        timeout)
+        except NoAnswer:
+            raise OperationError(
+                f"client {client_id!r} is parked, but the replica holding it did not answer"
+            ) from None
+        if not answer.pop("ok", False):
+            raise OperationError(str(answer.get("error", "refused")))
+        return answer
 
     async def pause(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
         """Stop the client after its current item (durable, like a park)."""
@@ -90,15 +131,15 @@ class Operations:
 
     async def client(self, client_id: str) -> dict[str, Any]:
         """One client as SPEC section 8 shows it."""
-        consumer = self._consumer(client_id)
+        self._consumer(client_id)
         depths = await self._sup.depths([client_id])
-        return self._describe(consumer, depths.get(client_id))
+        return self._describe(client_id, depths.get(client_id))
 
     async def clients(self) -> list[dict[str, Any]]:
         """Every registered client, sorted by id."""
-        consumers = [self._sup.consumers[c] for c in sorted(self._sup.consumers)]
-        depths = await self._sup.depths([c.client_id for c in consumers])
-        return [self._describe(c, depths.get(c.client_id)) for c in consumers]
+        ids = sorted(self._sup.consumers)
+        depths = await self._sup.depths(ids)
+        return [self._describe(c, depths.get(c)) for c in ids]
 
     async def status(self, client_id: str | None = None) -> dict[str, Any]:
         """The `status` control action: one client, or all of them."""
@@ -106,13 +147,15 @@ class Operations:
             return {"client": await self.client(client_id)}
         return {"clients": await self.clients()}
 
-    @staticmethod
-    def _describe(consumer: BlockingConsumer, depth: int | None) -> dict[str, Any]:
-        parked = consumer.parked
+    def _describe(self, client_id: str, depth: int | None) -> dict[str, Any]:
+        """A client as the state log shows it, so every replica answers alike."""
+        view = self._sup.state.view
+        parked = view.parked.get(client_id)
+        paused = client_id in view.paused
         return {
-            "client_id": consumer.client_id,
-            "state": consumer.state,
-            "paused": consumer.paused,
+            "client_id": client_id,
+            "state": "parked" if parked else "paused" if paused else "running",
+            "paused": paused,
             "depth": depth,
             "parked": None if parked is None else {
                 key: parked.get(key)

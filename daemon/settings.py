@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     # messages to the back of the queue when no limit is set. We set it high
     # and dead-letter to `<prefix>.deadletter`, where the item is kept.
     delivery_limit: int = Field(1000, ge=1)
+    # The leader snapshots the state log every this many records (bounded start-up).
+    state_snapshot_every: int = Field(1000, ge=10)
     # Whether `item.succeeded` events are published (the other events always are).
     succeeded_events: bool = True
 

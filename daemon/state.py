@@ -20,6 +20,8 @@ reconnect; records already applied are skipped by their `x-stream-offset`.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ import aio_pika
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.topology import Topology, declare_client_queue, declare_topology
 
@@ -71,6 +74,16 @@ class View:
         elif kind == "resume":
             self.paused.pop(client, None)
 
+    def snapshot(self) -> Record:
+        """The whole view as one record."""
+        return {"kind": "snapshot", "clients": sorted(self.clients), "parked": self.parked,
+                "paused": self.paused}
+
+    @classmethod
+    def from_snapshot(cls, record: Record) -> View:
+        return cls(set(record.get("clients", ())), dict(record.get("parked", {})),
+                   dict(record.get("paused", {})))
+
 
 async def append_record(
     channel: AbstractChannel, topo: Topology, record: Record, replica: str
@@ -97,9 +110,26 @@ async def register_client(
 
 
 class StateLog:
-    """Appends records to the stream and keeps `view` current by tailing it."""
+    """Appends records to the stream and keeps `view` current by tailing it.
 
-    def __init__(self, connection: AbstractRobustConnection, topo: Topology, replica: str) -> None:
+    Bounded replay: the stream keeps `x-max-age` of history, and a snapshot of
+    the whole view (with the stream offset it covers) is kept in
+    `<prefix>.state.snapshot`, a queue of length one. Start-up applies the
+    latest snapshot and reads the stream from the offset after it, so it
+    takes the same time however long the deployment has run. One replica
+    (the leader, through `should_snapshot`) writes a snapshot every
+    `snapshot_every` records, well inside the retention age.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topo: Topology,
+        replica: str,
+        *,
+        snapshot_every: int = 1000,
+        should_snapshot: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.view = View()
         self._connection = connection
         self._topo = topo
@@ -109,6 +139,12 @@ class StateLog:
         self._last_offset = -1
         self._write: AbstractChannel | None = None
         self._tail: AbstractChannel | None = None
+        self._snapshot_every = snapshot_every
+        self._should_snapshot = should_snapshot
+        self._snapshot_offset = -1
+        self._snapshotting: asyncio.Task[None] | None = None
+        self.replayed = 0  # records read at start-up (after the snapshot)
+        self._records_read = 0
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(record)` for every new record, after the view applied it."""
@@ -122,14 +158,60 @@ class StateLog:
         queue = await self._tail.declare_queue(
             self._topo.state, durable=True, arguments=self._topo.state_stream_arguments()
         )
-        await queue.consume(self._on_record, arguments={"x-stream-offset": "first"})
+        start: int | str = "first"
+        snapshot = await self._read_snapshot()
+        if snapshot is not None:
+            self.view = View.from_snapshot(snapshot)
+            self._last_offset = self._snapshot_offset = int(snapshot["offset"])
+            start = self._last_offset + 1
+        await queue.consume(self._on_record, arguments={"x-stream-offset": start})
         await self.sync()
+        self.replayed = self._records_read
         log.info(
             "state.replayed",
             clients=len(self.view.clients),
             parked=len(self.view.parked),
             paused=len(self.view.paused),
+            from_snapshot=snapshot is not None,
+            records=self.replayed,
         )
+
+    async def _read_snapshot(self) -> Record | None:
+        """The latest snapshot, left in place for the next start-up."""
+        assert self._tail is not None
+        queue = await self._tail.declare_queue(
+            self._topo.state_snapshot, durable=True,
+            arguments=self._topo.snapshot_queue_arguments(),
+        )
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            return None
+        await message.nack(requeue=True)
+        record = orjson.loads(message.body)
+        return record if isinstance(record, dict) and "offset" in record else None
+
+    def _maybe_snapshot(self) -> None:
+        due = self._last_offset - self._snapshot_offset >= self._snapshot_every
+        running = self._snapshotting is not None and not self._snapshotting.done()
+        if due and not running and self._should_snapshot():
+            self._snapshotting = asyncio.ensure_future(self.write_snapshot())
+
+    async def write_snapshot(self) -> None:
+        """Store the view as of the last applied offset (replaces the previous snapshot)."""
+        assert self._write is not None
+        offset = self._last_offset
+        body = orjson.dumps({**self.view.snapshot(), "offset": offset, "at": utcnow(),
+                             "replica": self._replica})
+        try:
+            await self._write.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self._topo.state_snapshot,
+            )
+        except (AMQPError, ChannelInvalidStateError):
+            log.warning("state.snapshot_failed", offset=offset, exc_info=True)
+            return
+        self._snapshot_offset = offset
+        log.info("state.snapshot", offset=offset, clients=len(self.view.clients))
 
     async def stop(self) -> None:
         """Close both channels."""
@@ -137,12 +219,26 @@ class StateLog:
             if channel is not None and not channel.is_closed:
                 await channel.close()
 
-    async def append(self, record: Record) -> None:
-        """Append one record, confirmed by the broker before this returns."""
-        assert self._write is not None, "StateLog.start() first"
-        await append_record(self._write, self._topo, record, self._replica)
+    async def append(self, record: Record, patience: float = 300.0) -> None:
+        """Append one record, confirmed by the broker before this returns.
 
-    async def sync(self, timeout: float = 30.0) -> None:
+        Survives a reconnect: a record that must be written (a park, say) waits
+        for the robust connection to come back, up to `patience` seconds.
+        """
+        assert self._write is not None, "StateLog.start() first"
+        deadline = time.monotonic() + patience
+        for attempt in itertools.count():
+            try:
+                await append_record(self._write, self._topo, record, self._replica)
+            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                log.info("state.append_retry", kind=record.get("kind"), attempt=attempt)
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+            else:
+                return
+
+    async def sync(self, timeout: float = 300.0) -> None:
         """Return once every record appended before this call is in `view`."""
         marker = uuid.uuid4().hex
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -173,6 +269,8 @@ class StateLog:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
+        self._records_read += 1
         self.view.apply(record)
         for listener in self._listeners:
             listener(record)
+        self._maybe_snapshot()

@@ -9,7 +9,6 @@ then stop in order — stop taking items, let running ones finish within
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
 import time
@@ -21,13 +20,15 @@ from typing import Any
 import aio_pika
 import aiohttp
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from daemon import systemd
 from daemon.blocking import BlockingConsumer
+from daemon.channels import ConsumerChannels
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
 from daemon.events import Events
+from daemon.leader import Leadership
 from daemon.notifications import LogNotifier, Notifier
 from daemon.operations import Operations
 from daemon.runtime import Runtime
@@ -40,46 +41,6 @@ from handlers.context import DEFAULT_TIMEOUT, HandlerContext
 log = structlog.get_logger()
 
 STARTUP_CONCURRENCY = 50
-
-
-class ChannelPool:
-    """Puts client consumers on a bounded number of channels, at most `per_channel` each.
-
-    A channel error takes all its consumers down; aio-pika's robust channel
-    reopens it and re-consumes, and the consumers drop the delivery tags of
-    the old channel (they belong to it and can never be acked elsewhere).
-    """
-
-    def __init__(self, connection: AbstractRobustConnection, per_channel: int) -> None:
-        self._connection = connection
-        self._per_channel = per_channel
-        self._channels: list[tuple[AbstractChannel, list[BlockingConsumer]]] = []
-        self._lock = asyncio.Lock()
-
-    async def place(self, consumer: BlockingConsumer) -> AbstractChannel:
-        async with self._lock:
-            if not self._channels or len(self._channels[-1][1]) >= self._per_channel:
-                channel = await self._connection.channel(publisher_confirms=False)
-                await channel.set_qos(prefetch_count=1)  # per consumer: strict FIFO
-                members: list[BlockingConsumer] = []
-
-                def lost(*_: Any, members: list[BlockingConsumer] = members) -> None:
-                    for consumer in members:
-                        consumer.channel_lost()
-
-                channel.close_callbacks.add(lost)
-                self._channels.append((channel, members))
-            last, members = self._channels[-1]
-            members.append(consumer)
-            return last
-
-    async def close(self) -> None:
-        """Close every channel: the broker requeues what they held, at the head."""
-        for channel, _ in self._channels:
-            if not channel.is_closed:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-        self._channels.clear()
 
 
 class Supervisor:
@@ -101,7 +62,7 @@ class Supervisor:
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
-        self._pool: ChannelPool | None = None
+        self._pool: ConsumerChannels | None = None
         self._rt: Runtime | None = None
         self._started_at = time.monotonic()
 
@@ -115,9 +76,22 @@ class Supervisor:
         return self._rt
 
     @property
+    def connection(self) -> AbstractRobustConnection:
+        assert self._connection is not None, "the supervisor is not running"
+        return self._connection
+
+    @property
     def connected(self) -> bool:
         """True while the (robust) connection is up; False while it reconnects."""
-        return self._connection is not None and self._connection.connected.is_set()
+        return (
+            self._connection is not None and self._connection.connected.is_set()
+            and self._pool is not None and self._pool.connected.is_set()
+        )
+
+    @property
+    def recoveries(self) -> int:
+        """How often client consumers were placed again after a channel or connection loss."""
+        return 0 if self._pool is None else self._pool.recoveries
 
     @property
     def state(self) -> StateLog:
@@ -133,10 +107,17 @@ class Supervisor:
         async with AsyncExitStack() as stack:
             self._connection = await stack.enter_async_context(await self._connect())
             rt = await stack.enter_async_context(self._runtime(self._connection))
-            self._pool = ChannelPool(self._connection, self.settings.consumers_per_channel)
+            self._pool = ConsumerChannels(
+                self.settings.amqp_url.get_secret_value(), f"s2s-queue {self.replica} consumers",
+                self.settings.consumers_per_channel, lambda c: c in rt.state.view.parked,
+            )
+            await self._pool.start()
             stack.push_async_callback(self._pool.close)
             await self._start_consumers(rt.state.view.clients | set(self.clients))
-            control = Control(self._connection, self.topo, self.ops, self.replica)
+            leadership = self._leadership
+            await leadership.start()
+            stack.push_async_callback(leadership.stop)
+            control = Control(self._connection, self.topo, self.ops, self.replica, leadership)
             await control.start()
             stack.push_async_callback(control.stop)
             await stack.enter_async_context(self._http())
@@ -156,7 +137,8 @@ class Supervisor:
     async def _connect(self) -> AbstractRobustConnection:
         url = self.settings.amqp_url.get_secret_value()
         return await aio_pika.connect_robust(
-            url, client_properties={"connection_name": f"s2s-queue {self.replica}"}
+            url, client_properties={"connection_name": f"s2s-queue {self.replica}"},
+            reconnect_interval=1,
         )
 
     @asynccontextmanager
@@ -164,7 +146,10 @@ class Supervisor:
         setup = await connection.channel()
         await declare_topology(setup, self.topo)
         await setup.close()
-        state = StateLog(connection, self.topo, self.replica)
+        self._leadership = Leadership(connection, self.topo)
+        state = StateLog(connection, self.topo, self.replica,
+                         snapshot_every=self.settings.state_snapshot_every,
+                         should_snapshot=lambda: self._leadership.is_leader)
         state.subscribe(self._on_record)
         events = Events(connection, self.topo)
         await events.start()
@@ -284,8 +269,7 @@ class Supervisor:
     async def _start_consumer(self, client_id: str) -> None:
         assert self._pool is not None
         consumer = BlockingConsumer(client_id, self.rt)
-        channel = await self._pool.place(consumer)
-        await consumer.start(channel)
+        await self._pool.place(consumer)
         self.consumers[client_id] = consumer
 
     def _on_record(self, record: Record) -> None:
@@ -331,4 +315,4 @@ def run(settings: Settings) -> None:
     asyncio.run(Supervisor(settings).run())
 
 
-__all__: list[Any] = ["ChannelPool", "Supervisor", "run"]
+__all__: list[Any] = ["Supervisor", "run"]

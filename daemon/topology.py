@@ -13,8 +13,11 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.control`                | fanout exchange for control messages                    |
 | `<p>.events`                 | topic exchange for lifecycle events                     |
 | `<p>.state`                  | stream: the state log (registrations, parks, pauses)    |
+| `<p>.state.snapshot`         | queue of one: the latest snapshot of the state log      |
 | `<p>.archive`                | queue: skipped items, with who skipped them and why     |
 | `<p>.deadletter`             | fanout exchange + queue: items over the delivery limit  |
+| `<p>.leader`                 | queue, single active consumer: elects the replica that  |
+|                              | answers control messages no single replica owns         |
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ class Topology:
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}.leader"
+
+    def leader_queue_arguments(self) -> dict[str, Any]:
+        """Single active consumer elects the leader; heartbeats never pile up."""
+        return {"x-queue-type": self.queue_type, "x-single-active-consumer": True,
+                "x-max-length": 100, "x-overflow": "drop-head"}
+
     def client_queue(self, client_id: str) -> str:
         """The blocking queue of one client."""
         return f"{self.blocking}.{client_id}"
@@ -113,10 +125,24 @@ class Topology:
         """
         return {"x-queue-type": "classic"}
 
+    @property
+    def state_snapshot(self) -> str:
+        return f"{self.state}.snapshot"
+
     @staticmethod
     def state_stream_arguments() -> dict[str, Any]:
-        """The state log is a stream: read non-destructively by every replica."""
-        return {"x-queue-type": "stream", "x-max-length-bytes": 1_000_000_000}
+        """The state log is a stream: read non-destructively by every replica.
+
+        Retention is by age, in segments of 8 MB: records older than a week go,
+        which is safe because a snapshot of the whole view is written far more
+        often (see `daemon.state.StateLog`).
+        """
+        return {"x-queue-type": "stream", "x-max-age": "7D",
+                "x-stream-max-segment-size-bytes": 8_000_000}
+
+    def snapshot_queue_arguments(self) -> dict[str, Any]:
+        """One message: the latest snapshot; a new one pushes the old out."""
+        return {"x-queue-type": self.queue_type, "x-max-length": 1, "x-overflow": "drop-head"}
 
 
 async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:

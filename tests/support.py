@@ -89,6 +89,7 @@ class Seen:
     client: str
     message_id: str
     body: bytes
+    at: float = 0.0  # time.time() when the request arrived
 
 
 @dataclass
@@ -99,14 +100,28 @@ class FakeShop:
     seen: list[Seen] = field(default_factory=list)
     script: dict[str, list[int]] = field(default_factory=dict)
     delay: float = 0.0
+    always: dict[str, int] = field(default_factory=dict)  # sku -> status on every request
+    running: set[str] = field(default_factory=set)
+    overlaps: list[str] = field(default_factory=list)  # skus that ran twice at the same time
 
     async def handle(self, request: web.Request) -> web.Response:
         sku = request.match_info.get("sku", "")
         self.seen.append(Seen(request.method, request.path, sku,
                               request.headers.get("X-S2S-Client", ""),
-                              request.headers.get("Idempotency-Key", ""), await request.read()))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+                              request.headers.get("Idempotency-Key", ""), await request.read(),
+                              time.time()))
+        if sku in self.running:
+            self.overlaps.append(sku)
+        self.running.add(sku)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.running.discard(sku)
+        if sku in self.always:
+            status = self.always[sku]
+            body = '{"message":"sku rejected by the shop"}'
+            return web.Response(status=status, text=body, content_type="application/json")
         statuses = self.script.get(sku)
         status = statuses.pop(0) if statuses else 200
         body = '{"message":"sku rejected by the shop"}' if status >= 400 else "{}"
@@ -179,6 +194,25 @@ class Broker:
         request.setdefault("actor", "tester")
         return await send_control(self.connection, self.topo, request, timeout)
 
+    async def control_answers(self, wait: float = 2.0, **request: Any) -> list[dict[str, Any]]:
+        """Send a control message and collect every answer that arrives within `wait` s."""
+        request.setdefault("actor", "tester")
+        answers: list[dict[str, Any]] = []
+        async with self.connection.channel() as channel:
+            replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+
+            async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                answers.append(orjson.loads(message.body))
+
+            await replies.consume(on_reply, no_ack=True)
+            control = await channel.get_exchange(self.topo.control, ensure=False)
+            await control.publish(
+                aio_pika.Message(orjson.dumps(request), correlation_id=uuid.uuid4().hex,
+                                 reply_to=replies.name), routing_key="")
+            await wait_until(lambda: bool(answers), 30, f"an answer to {request}")
+            await asyncio.sleep(wait)
+        return answers
+
     def named(self, event: str, client: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events
                 if e["event"] == event and (client is None or e["client_id"] == client)]
@@ -233,7 +267,8 @@ async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
         for client in state.view.clients:
             with suppress(Exception):
                 await channel.queue_delete(topo.client_queue(client))
-    for name in (topo.unrouted, topo.nonblocking, topo.deadletter, topo.archive, topo.state):
+    for name in (topo.unrouted, topo.nonblocking, topo.deadletter, topo.archive, topo.state,
+                 topo.leader, topo.state_snapshot):
         async with connection.channel() as channel:
             with suppress(Exception):
                 await channel.queue_delete(name)
@@ -311,6 +346,10 @@ class DaemonProcess:
             return bool(self.logged(event))
         await wait_until(seen, timeout, f"the daemon to log {event}")
         return self.logged(event)[0]
+
+    def count(self, event: str, **fields: Any) -> int:
+        return sum(1 for line in self.logged(event)
+                   if all(line.get(k) == v for k, v in fields.items()))
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -77,12 +77,19 @@ def test_the_unrouted_queue_is_classic_whatever_the_queue_type(queue_type):
     assert Topology("s2s", queue_type).unrouted_queue_arguments() == {"x-queue-type": "classic"}
 
 
-def test_the_state_log_is_a_stream_with_a_size_cap():
-    """Every replica reads it non-destructively; it cannot grow without bound."""
+def test_the_state_log_is_a_stream_kept_a_week_in_small_segments():
+    """Every replica reads it non-destructively; retention by age drops whole segments."""
     assert Topology.state_stream_arguments() == {
         "x-queue-type": "stream",
-        "x-max-length-bytes": 1_000_000_000,
+        "x-max-age": "7D",
+        "x-stream-max-segment-size-bytes": 8_000_000,
     }
+
+
+def test_the_snapshot_queue_keeps_only_the_latest_snapshot():
+    """A new snapshot pushes the previous one out."""
+    assert Topology("s2s").snapshot_queue_arguments() == {
+        "x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "drop-head"}
 
 
 def test_the_defaults_are_quorum_with_a_limit_of_1000():

@@ -1,0 +1,183 @@
+"""Client consumers on a bounded number of channels, and their recovery.
+
+Client consumers live on their own, non-robust AMQP connection, grouped at
+most `per_channel` to a channel. We recover them ourselves rather than let
+aio-pika's robust channel re-consume on the same channel, because where a
+consumer goes back to matters:
+
+* `consumer_timeout` (DESIGN.md fact 3) closes the *whole channel* that holds
+  a long park, requeueing every delivery on it. After such a close, parked
+  clients go back on channels of their own ("parked" groups), busy ones on
+  "busy" groups, so a park never again takes busy clients down with it. With
+  the broker set up as `rabbitmq.conf` says, the timeout does not fire at all.
+* Delivery tags belong to their channel: a consumer drops the old channel's
+  deliveries (`channel_lost`) before it is placed again.
+
+A lost connection (broker restart, network) closes every channel; the pool
+reconnects with back-off and places every consumer again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+log = structlog.get_logger()
+
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Placeable(Protocol):
+    """What the pool needs of a consumer."""
+
+    client_id: str
+
+    @property
+    def parked(self) -> Any: ...
+
+    async def start(self, channel: AbstractChannel) -> None: ...
+
+    def channel_lost(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Group:
+    """One channel and the consumers on it."""
+
+    channel: AbstractChannel
+    parked: bool
+    members: list[Placeable] = field(default_factory=list)
+    lost: bool = False
+
+
+class ConsumerChannels:
+    """Places consumers on channels and puts them back after a channel or connection loss."""
+
+    def __init__(
+        self, url: str, name: str, per_channel: int, is_parked: Callable[[str], bool]
+    ) -> None:
+        self._url = url
+        self._name = name
+        self._per_channel = per_channel
+        self._is_parked = is_parked
+        self._connection: AbstractConnection | None = None
+        self._groups: list[Group] = []
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self._recovering: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+        self.recoveries = 0  # consumer groups placed again after a loss (for tests and metrics)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._connect()
+
+    async def close(self) -> None:
+        """Close every channel (the broker requeues what they held, at the head), then the link."""
+        self._closing = True
+        for task in list(self._recovering):
+            task.cancel()
+        await asyncio.gather(*self._recovering, return_exceptions=True)
+        for group in self._groups:
+            with contextlib.suppress(Exception):
+                await group.channel.close()
+        self._groups.clear()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    async def _connect(self) -> AbstractConnection:
+        connection = await aio_pika.connect(
+            self._url, client_properties={"connection_name": self._name}
+        )
+        connection.close_callbacks.add(self._on_connection_closed)
+        self._connection = connection
+        self.connected.set()
+        return connection
+
+    # -- placing -------------------------------------------------------------------
+
+    async def place(self, consumer: Placeable) -> None:
+        """Start `consumer` on a channel of the right kind (parked or busy)."""
+        parked = self._is_parked(consumer.client_id)
+        async with self._lock:
+            group = await self._group_with_room(parked)
+            group.members.append(consumer)
+        try:
+            await consumer.start(group.channel)
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                group.members.remove(consumer)
+            raise
+
+    async def _group_with_room(self, parked: bool) -> Group:
+        for group in reversed(self._groups):
+            usable = not group.lost and not group.channel.is_closed and group.parked == parked
+            if usable and len(group.members) < self._per_channel:
+                return group
+        connection = self._connection
+        if connection is None or connection.is_closed or not self.connected.is_set():
+            connection = await self._connect()
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=1)  # per consumer: strict FIFO
+        group = Group(channel, parked)
+        channel.close_callbacks.add(lambda _sender, exc: self._on_channel_closed(group, exc))
+        self._groups.append(group)
+        log.debug("channel.opened", parked=parked, channels=len(self._groups))
+        return group
+
+    # -- recovery --------------------------------------------------------------------
+
+    def _on_channel_closed(self, group: Group, exc: BaseException | None) -> None:
+        self._lose([group], exc)
+
+    def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        self.connected.clear()
+        if not self._closing:
+            log.warning("connection.lost", name=self._name, reason=str(exc) if exc else None)
+        self._lose(list(self._groups), exc)
+
+    def _lose(self, groups: list[Group], exc: BaseException | None) -> None:
+        """Forget the groups' channels and place their consumers again (each group once)."""
+        consumers: list[Placeable] = []
+        for group in groups:
+            if group.lost:
+                continue
+            group.lost = True
+            with contextlib.suppress(ValueError):
+                self._groups.remove(group)
+            for consumer in group.members:
+                consumer.channel_lost()
+            consumers += group.members
+        if self._closing or not consumers:
+            return
+        log.warning("channel.lost", consumers=len(consumers), reason=str(exc) if exc else None)
+        task = asyncio.ensure_future(self._recover(consumers))
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
+
+    async def _recover(self, consumers: list[Placeable]) -> None:
+        """Place each consumer again, retrying with back-off until the broker takes it."""
+        for attempt in range(1_000_000):
+            pending = []
+            for consumer in consumers:
+                try:
+                    await self.place(consumer)
+                except Exception as exc:
+                    log.info("consumer.not_recovered_yet", client_id=consumer.client_id,
+                             error=repr(exc))
+                    pending.append(consumer)
+            if not pending:
+                self.recoveries += 1
+                log.info("channel.recovered", consumers=len(consumers))
+                return
+            consumers = pending
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
