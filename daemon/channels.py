@@ -105,6 +105,14 @@ class ConsumerChannels:
 
     # -- placing -------------------------------------------------------------------
 
+    async def place_or_recover(self, consumer: Placeable) -> None:
+        """Place `consumer`; if the broker refuses now, keep trying in the background."""
+        try:
+            await self.place(consumer)
+        except Exception as exc:
+            log.warning("consumer.start_failed", client_id=consumer.client_id, error=repr(exc))
+            self._spawn_recovery([consumer])
+
     async def place(self, consumer: Placeable) -> None:
         """Start `consumer` on a channel of the right kind (parked or busy)."""
         parked = self._is_parked(consumer.client_id)
@@ -160,6 +168,9 @@ class ConsumerChannels:
         if self._closing or not consumers:
             return
         log.warning("channel.lost", consumers=len(consumers), reason=str(exc) if exc else None)
+        self._spawn_recovery(consumers)
+
+    def _spawn_recovery(self, consumers: list[Placeable]) -> None:
         task = asyncio.ensure_future(self._recover(consumers))
         self._recovering.add(task)
         task.add_done_callback(self._recovering.discard)

@@ -21,6 +21,7 @@ import time
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.topology import Topology
 
@@ -52,16 +53,30 @@ class Leadership:
 
     async def start(self) -> None:
         """Join the election; return once this replica knows whether it leads (≤ LEASE s)."""
+        for attempt in range(10):
+            try:
+                await self._join()
+                break
+            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+                # RabbitMQ 3.10 can fail a consume right after a quorum queue's
+                # declaration (noproc, INTERNAL_ERROR); the robust link comes back.
+                log.warning("leader.join_retry", attempt=attempt, exc_info=True)
+                await asyncio.sleep(0.2 * 2**attempt)
+        self._task = asyncio.ensure_future(self._beat())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LEASE):
+                await self._first.wait()
+
+    async def _join(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
         self._channel = await self._connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=1)
         queue = await self._channel.declare_queue(
             self._topo.leader, durable=True, arguments=self._topo.leader_queue_arguments()
         )
         await queue.consume(self._on_beat)
-        self._task = asyncio.ensure_future(self._beat())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(LEASE):
-                await self._first.wait()
 
     async def stop(self) -> None:
         if self._task is not None:

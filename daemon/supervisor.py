@@ -269,7 +269,7 @@ class Supervisor:
     async def _start_consumer(self, client_id: str) -> None:
         assert self._pool is not None
         consumer = BlockingConsumer(client_id, self.rt)
-        await self._pool.place(consumer)
+        await self._pool.place_or_recover(consumer)
         self.consumers[client_id] = consumer
 
     def _on_record(self, record: Record) -> None:
