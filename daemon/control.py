@@ -153,8 +153,12 @@ class Control:
             if action in ("retry", "skip"):
                 args["forward"] = False  # this replica holds it, or nobody does
             return await needs_client[action](client_id, **args)
-        if action in ("retry_failed", "skip_failed", "list_failed"):
-            raise OperationError(f"{action}: the non-blocking queue is not available yet")
+        if action == "list_failed":  # an addition to SPEC section 5, for `failed list`
+            return {"items": ops.failed(client_id)}
+        if action == "retry_failed":
+            return await ops.retry_failed(args.pop("message_id", None), **args)
+        if action == "skip_failed":
+            return await ops.skip_failed(args.pop("message_id", None), **args)
         raise OperationError(f"unknown action {action[:40]!r}")
 
     async def _reply(self, message: AbstractIncomingMessage, answer: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from daemon.blocking import BlockingConsumer, OperationError, UnknownClient
 from daemon.clients import InvalidClientId, validate_client_id
+from daemon.state import utcnow
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -24,7 +25,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 MAX_UNROUTED_LISTED = 10_000
-__all__ = ["OperationError", "Operations", "UnknownClient"]
+__all__ = ["OperationError", "Operations", "UnknownClient", "UnknownItem"]
+
+
+class UnknownItem(UnknownClient):
+    """Raised when an action names a failed item that does not exist (HTTP 404)."""
 
 
 class Operations:
@@ -162,6 +167,63 @@ class Operations:
                 for key in ("message_id", "type", "error", "attempts", "since", "payload")
             },
         }
+
+    # -- failed non-blocking items ----------------------------------------------------
+
+    def failed(self, client_id: str | None = None) -> list[dict[str, Any]]:
+        """Failed non-blocking items, oldest first (SPEC section 8 shape plus `errors`)."""
+        records = sorted(self._sup.state.view.failed.values(), key=lambda r: r["failed_at"])
+        return [
+            {key: record.get(key) for key in ("message_id", "client_id", "type", "error",
+                                               "attempts", "failed_at", "payload", "errors")}
+            for record in records if client_id is None or record.get("client_id") == client_id
+        ]
+
+    def failed_item(self, message_id: str) -> dict[str, Any] | None:
+        return self._sup.state.view.failed.get(message_id)
+
+    def _failed_record(self, message_id: str | None) -> dict[str, Any]:
+        if not message_id:
+            raise OperationError("a message_id is required")
+        record = self._sup.state.view.failed.get(message_id)
+        if record is None:
+            raise UnknownItem(f"no failed item with message_id {message_id!r}")
+        return record
+
+    async def retry_failed(self, message_id: str | None, *, actor: str,
+                           **_: Any) -> dict[str, Any]:
+        """Put a failed item back on the non-blocking queue with a fresh retry budget."""
+        record = self._failed_record(message_id)
+        client_id = str(record.get("client_id") or "")
+        from daemon.nonblocking import rebuild
+
+        await self._sup.rt.publish_confirmed(rebuild(record), routing_key=client_id,
+                                             exchange=self._sup.topo.nonblocking)
+        await self._sup.state.append({"kind": "unfail", "message_id": message_id,
+                                      "client_id": client_id, "how": "retry", "actor": actor})
+        log.info("failed.retried", client_id=client_id, message_id=message_id, actor=actor)
+        return {"message_id": message_id, "client_id": client_id}
+
+    async def skip_failed(self, message_id: str | None, *, actor: str,
+                          reason: str | None = None, **_: Any) -> dict[str, Any]:
+        """Archive a failed item with who skipped it and why."""
+        record = self._failed_record(message_id)
+        client_id = str(record.get("client_id") or "")
+        from daemon.nonblocking import rebuild
+
+        archived = rebuild(record)
+        archived.headers.update({"x-s2s-skipped-by": actor, "x-s2s-skip-reason": reason or "",
+                                 "x-s2s-skipped-at": utcnow(), "x-s2s-error": record["error"],
+                                 "x-s2s-queue": "nonblocking"})
+        await self._sup.rt.publish_confirmed(archived, routing_key=self._sup.topo.archive)
+        await self._sup.state.append({"kind": "unfail", "message_id": message_id,
+                                      "client_id": client_id, "how": "skip", "actor": actor,
+                                      "reason": reason})
+        await self._sup.rt.events.publish("item.skipped", client_id=client_id,
+                                          message_id=message_id, type_=record.get("type"),
+                                          queue="nonblocking", actor=actor, reason=reason)
+        log.info("failed.skipped", client_id=client_id, message_id=message_id, actor=actor)
+        return {"message_id": message_id, "client_id": client_id}
 
     # -- unrouted --------------------------------------------------------------
 

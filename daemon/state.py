@@ -54,10 +54,14 @@ class View:
     clients: set[str] = field(default_factory=set)
     parked: dict[str, Record] = field(default_factory=dict)
     paused: dict[str, Record] = field(default_factory=dict)
+    failed: dict[str, Record] = field(default_factory=dict)  # non-blocking, by message id
 
     def apply(self, record: Record) -> None:
         """Fold one record into the view (pure; replaying twice gives the same view)."""
         kind, client = record.get("kind"), record.get("client_id")
+        if kind in ("failed", "unfail"):
+            self._apply_failed(kind, record)
+            return
         if not isinstance(client, str):
             return
         if kind == "register":
@@ -74,15 +78,24 @@ class View:
         elif kind == "resume":
             self.paused.pop(client, None)
 
+    def _apply_failed(self, kind: str, record: Record) -> None:
+        message_id = record.get("message_id")
+        if not isinstance(message_id, str):
+            return
+        if kind == "failed":
+            self.failed[message_id] = record
+        else:
+            self.failed.pop(message_id, None)
+
     def snapshot(self) -> Record:
         """The whole view as one record."""
         return {"kind": "snapshot", "clients": sorted(self.clients), "parked": self.parked,
-                "paused": self.paused}
+                "paused": self.paused, "failed": self.failed}
 
     @classmethod
     def from_snapshot(cls, record: Record) -> View:
         return cls(set(record.get("clients", ())), dict(record.get("parked", {})),
-                   dict(record.get("paused", {})))
+                   dict(record.get("paused", {})), dict(record.get("failed", {})))
 
 
 async def append_record(

@@ -29,12 +29,13 @@ from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
 from daemon.events import Events
 from daemon.leader import Leadership
+from daemon.nonblocking import NonBlockingPool
 from daemon.notifications import LogNotifier, Notifier
 from daemon.operations import Operations
 from daemon.runtime import Runtime
 from daemon.settings import Settings
 from daemon.state import Record, StateLog
-from daemon.topology import Topology, declare_topology
+from daemon.topology import Topology, declare_delay_queues, declare_topology
 from handlers import load_handlers
 from handlers.context import DEFAULT_TIMEOUT, HandlerContext
 
@@ -114,6 +115,8 @@ class Supervisor:
             await self._pool.start()
             stack.push_async_callback(self._pool.close)
             await self._start_consumers(rt.state.view.clients | set(self.clients))
+            self._nonblocking = NonBlockingPool(self._connection, rt)
+            await self._nonblocking.start()
             leadership = self._leadership
             await leadership.start()
             stack.push_async_callback(leadership.stop)
@@ -130,7 +133,9 @@ class Supervisor:
             self.ready = False
             systemd.notify("STOPPING=1")
             await control.stop()
-            await self._drain()
+            self._nonblocking.begin_stop()
+            await asyncio.gather(self._drain(),
+                                 self._nonblocking.drain(self.settings.shutdown_timeout))
         log.info("daemon.stopped", replica=self.replica, clients=len(self.consumers),
                  uptime_s=round(time.monotonic() - self._started_at, 1))
 
@@ -145,6 +150,7 @@ class Supervisor:
     async def _runtime(self, connection: AbstractRobustConnection) -> AsyncIterator[Runtime]:
         setup = await connection.channel()
         await declare_topology(setup, self.topo)
+        await declare_delay_queues(setup, self.topo, self.settings.retry_delays)
         await setup.close()
         self._leadership = Leadership(connection, self.topo)
         state = StateLog(connection, self.topo, self.replica,

@@ -10,6 +10,7 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.blocking.<client>`      | one queue per client, single active consumer            |
 | `<p>.unrouted`               | fanout exchange + queue: blocking items for unknown ids |
 | `<p>.nonblocking`            | topic exchange bound `#` to the queue of the same name  |
+| `<p>.nonblocking.delay.<N>ms`| one per retry delay: TTL N ms, dead-letters to the above |
 | `<p>.control`                | fanout exchange for control messages                    |
 | `<p>.events`                 | topic exchange for lifecycle events                     |
 | `<p>.state`                  | stream: the state log (registrations, parks, pauses)    |
@@ -70,6 +71,30 @@ class Topology:
     @property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
+
+    def delay_queue(self, seconds: float) -> str:
+        """Where a non-blocking item waits `seconds` before it runs again."""
+        return f"{self.nonblocking}.delay.{round(seconds * 1000)}ms"
+
+    def delay_queue_arguments(self, seconds: float) -> dict[str, Any]:
+        """A queue-wide TTL that dead-letters back to the work queue.
+
+        Queue-wide, not per message: per-message TTL only expires at the head,
+        so one long delay would hold up shorter ones behind it; one queue per
+        delay keeps every queue in expiry order. Items are republished (never
+        dead-lettered) from the work queue into a delay queue, so no message
+        ever carries a dead-letter cycle that quorum queues would drop
+        (celery #9867). Quorum delay queues dead-letter at-least-once.
+        """
+        args: dict[str, Any] = {
+            "x-queue-type": self.queue_type,
+            "x-message-ttl": round(seconds * 1000),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.nonblocking,
+        }
+        if self.queue_type == "quorum":
+            args |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        return args
 
     @property
     def leader(self) -> str:
@@ -174,6 +199,17 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     await channel.declare_queue(
         topo.state, durable=True, arguments=topo.state_stream_arguments()
     )
+
+
+async def declare_delay_queues(
+    channel: AbstractChannel, topo: Topology, delays: tuple[float, ...]
+) -> None:
+    """One delay queue per distinct retry delay of the non-blocking queue."""
+    for seconds in sorted(set(delays)):
+        await channel.declare_queue(
+            topo.delay_queue(seconds), durable=True,
+            arguments=topo.delay_queue_arguments(seconds),
+        )
 
 
 async def declare_client_queue(

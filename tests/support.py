@@ -106,6 +106,8 @@ class FakeShop:
 
     async def handle(self, request: web.Request) -> web.Response:
         sku = request.match_info.get("sku", "")
+        if not sku:  # orders and fulfillments: the object's id
+            sku = str(orjson.loads(await request.read()).get("id", ""))
         self.seen.append(Seen(request.method, request.path, sku,
                               request.headers.get("X-S2S-Client", ""),
                               request.headers.get("Idempotency-Key", ""), await request.read(),
@@ -136,6 +138,7 @@ async def fake_shop() -> AsyncIterator[FakeShop]:
     shop = FakeShop()
     app = web.Application()
     app.router.add_route("*", "/{client}/products/{sku}", shop.handle)
+    app.router.add_route("POST", "/{client}/{kind:orders|fulfillments}", shop.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -152,9 +155,10 @@ def clients_toml(shop_url: str, client_ids: list[str], **extra: str) -> str:
     """A clients file whose clients' channels are the fake shop."""
     lines = []
     for cid in client_ids:
-        lines += [f"[clients.{cid}]", f'name = "{cid} Ltd"', *extra.get(cid, "").splitlines(),
-                  f"[clients.{cid}.channel]", 'kind = "http"',
-                  f'base_url = "{shop_url}/{cid}"', 'token = "shop-token"', ""]
+        lines += [f"[clients.{cid}]", f'name = "{cid} Ltd"', *extra.get(cid, "").splitlines()]
+        for section in ("channel", "source", "warehouse"):
+            lines += [f"[clients.{cid}.{section}]", 'kind = "http"',
+                      f'base_url = "{shop_url}/{cid}"', 'token = "shop-token"', ""]
     return "\n".join(lines)
 
 
@@ -177,6 +181,14 @@ class Broker:
         if self.producer is None:
             self.producer = Producer(self.connection, self.topo)
         return await self.producer.publish(client, type_, payload, message_id=message_id or sku)
+
+    async def order(self, client: str, order_id: str) -> str:
+        """Publish an order.add_to_source item to the non-blocking queue (message id = order id)."""
+        if self.producer is None:
+            self.producer = Producer(self.connection, self.topo)
+        return await self.producer.publish(client, "order.add_to_source",
+                                           {"order": {"id": order_id}}, message_id=order_id,
+                                           queue="nonblocking")
 
     async def register(self, *clients: str) -> None:
         """Register clients straight in the broker, as `s2s-queue clients add` does."""
@@ -267,8 +279,9 @@ async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
         for client in state.view.clients:
             with suppress(Exception):
                 await channel.queue_delete(topo.client_queue(client))
-    for name in (topo.unrouted, topo.nonblocking, topo.deadletter, topo.archive, topo.state,
-                 topo.leader, topo.state_snapshot):
+    delays = [topo.delay_queue(s) for s in (0.3, 0.5, 1, 2, 10, 60, 300)]
+    for name in (*delays, topo.unrouted, topo.nonblocking, topo.deadletter, topo.archive,
+                 topo.state, topo.leader, topo.state_snapshot):
         async with connection.channel() as channel:
             with suppress(Exception):
                 await channel.queue_delete(name)

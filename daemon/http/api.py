@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from daemon.http.auth import Identity, authenticate, bearer_token
-from daemon.operations import OperationError, UnknownClient
+from daemon.operations import OperationError, UnknownClient, UnknownItem
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -135,6 +135,34 @@ async def client_action(request: web.Request) -> web.Response:
     return json_response({"ok": True, **result})
 
 
+async def list_failed(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    client_id = request.query.get("client_id") or None
+    if client_id is not None and not identity.may_see(client_id):
+        return json_response({"items": []})
+    items = _sup(request).ops.failed(client_id if identity.is_admin else identity.client_id)
+    return json_response({"items": items})
+
+
+async def failed_action(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    message_id = request.match_info["message_id"]
+    action = request.match_info["action"]
+    ops = _sup(request).ops
+    if action not in ("retry", "skip"):
+        raise web.HTTPNotFound
+    record = ops.failed_item(message_id)
+    if record is None or not identity.may_see(record.get("client_id")):
+        raise UnknownItem(f"no failed item with message_id {message_id!r}")
+    data = await _body(request)
+    if action == "retry":
+        result = await ops.retry_failed(message_id, actor=identity.name)
+    else:
+        result = await ops.skip_failed(message_id, actor=identity.name,
+                                       reason=_text(data, "reason"))
+    return json_response({"ok": True, **result})
+
+
 async def list_unrouted(request: web.Request) -> web.Response:
     identity = _identity(request)
     items = await _sup(request).ops.unrouted()
@@ -156,6 +184,8 @@ def build_app(supervisor: Supervisor) -> web.Application:
     app.router.add_post("/api/v1/clients", register_client)
     app.router.add_get("/api/v1/clients/{client_id}", get_client)
     app.router.add_post("/api/v1/clients/{client_id}/{action}", client_action)
+    app.router.add_get("/api/v1/failed", list_failed)
+    app.router.add_post("/api/v1/failed/{message_id}/{action}", failed_action)
     app.router.add_get("/api/v1/unrouted", list_unrouted)
     app.router.add_post("/api/v1/unrouted/{client_id}/replay", replay_unrouted)
     return app
