@@ -14,7 +14,7 @@ from handlers.products import SyncPayload
 from handlers.system import NoopPayload
 
 HANDLERS = load_handlers()
-KNOWN = "product.delete, product.sync, system.noop"
+KNOWN = "fulfillment.add, order.add_to_source, product.delete, product.sync, system.noop"
 MAX_BODY = 1000
 
 

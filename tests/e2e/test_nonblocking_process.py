@@ -1,0 +1,119 @@
+"""The non-blocking queue with daemon processes: kill -9, restarts, graceful stops."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections import Counter
+
+import pytest
+
+from tests.support import (
+    Broker,
+    FakeShop,
+    clients_toml,
+    daemon_env,
+    daemon_process,
+    stays,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(180)
+CLIENTS = ["acme", "globex", "initech"]
+
+
+def _env(prefix: str, tmp_path, shop: FakeShop, **extra: str) -> dict[str, str]:
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, CLIENTS))
+    return daemon_env(prefix, S2SQ_CLIENTS_FILE=str(path),
+                      S2SQ_NONBLOCKING_RETRY_DELAYS="0.3,0.5", **extra)
+
+
+async def test_failed_items_survive_kill_9_and_a_restart(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Failed items are in the broker, not the process: a new daemon lists and retries them."""
+    shop.script["F1"] = [422]
+    shop.always["F2"] = 422
+    env = _env(prefix, tmp_path, shop)
+    async with daemon_process(env, tmp_path / "first.log") as first:
+        await first.wait_logged("daemon.ready")
+        await amqp.order("acme", "F1")
+        await amqp.order("globex", "F2")
+        await wait_until(lambda: len(amqp.named("item.failed")) == 2, 15, "two failures")
+        first.signal(signal.SIGKILL)
+        await first.wait_exit(10)
+    async with daemon_process(env, tmp_path / "second.log") as second:
+        await second.wait_logged("daemon.ready")
+        listed = await amqp.control(action="list_failed")
+        retried = await amqp.control(action="retry_failed", message_id="F1")
+        await wait_until(lambda: shop.skus("acme") == ["F1", "F1"], 15, "the retried order")
+    assert sorted(i["message_id"] for i in listed["items"]) == ["F1", "F2"]
+    assert retried["ok"] is True
+
+
+async def test_sigterm_under_load_runs_no_order_twice(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Graceful stop: running items finish, the rest go back, the next daemon does them once."""
+    shop.delay = 0.05
+    env = _env(prefix, tmp_path, shop, S2SQ_NONBLOCKING_CONCURRENCY="8")
+    async with daemon_process(env, tmp_path / "first.log") as first:
+        await first.wait_logged("daemon.ready")
+        for n in range(300):
+            await amqp.order(CLIENTS[n % 3], f"O{n:03d}")
+        await wait_until(lambda: len(shop.seen) >= 50, 30, "50 orders to arrive")
+        first.signal(signal.SIGTERM)
+        assert await first.wait_exit(30) == 0
+    assert len(shop.seen) < 300, "all done before SIGTERM: the test proved nothing"
+    async with daemon_process(env, tmp_path / "second.log") as second:
+        await wait_until(lambda: len(set(shop.skus())) == 300, 60, "all 300 orders")
+        await stays(lambda: len(shop.seen) == 300, 0.5, "an order ran twice")
+        second.signal(signal.SIGTERM)
+        assert await second.wait_exit(30) == 0
+    assert [sku for sku, n in Counter(shop.skus()).items() if n > 1] == []
+
+
+@pytest.mark.slow
+async def test_kill_9_at_random_points_while_moving_items_loses_nothing(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Killed five times under load with retries and failures: every order ends done or failed."""
+    rng = random.Random(4)
+    orders = [f"N{n:03d}" for n in range(300)]
+    for n, order in enumerate(orders):
+        if n % 10 == 3:
+            shop.script[order] = [503, 503]  # succeeds on the third attempt
+        elif n % 10 == 7:
+            shop.always[order] = 422  # fails for good
+    shop.delay = 0.01
+    env = _env(prefix, tmp_path, shop, S2SQ_NONBLOCKING_CONCURRENCY="8")
+    for n, order in enumerate(orders):
+        await amqp.order(CLIENTS[n % 3], order)
+    for round_ in range(5):
+        async with daemon_process(env, tmp_path / f"round{round_}.log") as daemon:
+            await daemon.wait_logged("daemon.ready")
+            await asyncio.sleep(rng.uniform(0.3, 1.0))
+            daemon.signal(signal.SIGKILL)
+            await daemon.wait_exit(10)
+    async with daemon_process(env, tmp_path / "last.log") as last:
+        await last.wait_logged("daemon.ready")
+        failing = {o for n, o in enumerate(orders) if n % 10 == 7}
+        failed_now: set[str] = set()
+        for _ in range(120):
+            answer = await amqp.control(action="list_failed")
+            failed_now = {i["message_id"] for i in answer["items"]}
+            seen = Counter(shop.skus())
+            if failed_now == failing and all(seen[o] >= (3 if n % 10 == 3 else 1)
+                                             for n, o in enumerate(orders)):
+                break
+            await asyncio.sleep(0.5)
+        assert failed_now == failing, f"failed {sorted(failed_now)}, expected {sorted(failing)}"
+        last.signal(signal.SIGTERM)
+        assert await last.wait_exit(30) == 0
+    seen = Counter(shop.skus())
+    for n, order in enumerate(orders):
+        expected = 3 if n % 10 == 3 else 1
+        # at-least-once: each of the 5 kills may repeat one attempt of an item in flight
+        assert expected <= seen[order] <= expected + 5, f"{order}: {seen[order]} attempts"
