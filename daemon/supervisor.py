@@ -64,6 +64,8 @@ class Supervisor:
         self._background: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._pool: ConsumerChannels | None = None
+        self._nonblocking: NonBlockingPool | None = None
+        self._leadership: Leadership | None = None
         self._rt: Runtime | None = None
         self._started_at = time.monotonic()
 
@@ -94,6 +96,9 @@ class Supervisor:
         """How often client consumers were placed again after a channel or connection loss."""
         return 0 if self._pool is None else self._pool.recoveries
 
+    def _is_leader(self) -> bool:
+        return self._leadership is not None and self._leadership.is_leader
+
     @property
     def state(self) -> StateLog:
         return self.rt.state
@@ -115,9 +120,9 @@ class Supervisor:
             await self._pool.start()
             stack.push_async_callback(self._pool.close)
             await self._start_consumers(rt.state.view.clients | set(self.clients))
-            self._nonblocking = NonBlockingPool(self._connection, rt)
-            await self._nonblocking.start()
-            leadership = self._leadership
+            nonblocking = self._nonblocking = NonBlockingPool(self._connection, rt)
+            await nonblocking.start()
+            leadership = self._leadership = Leadership(self._connection, self.topo)
             await leadership.start()
             stack.push_async_callback(leadership.stop)
             control = Control(self._connection, self.topo, self.ops, self.replica, leadership)
@@ -133,9 +138,8 @@ class Supervisor:
             self.ready = False
             systemd.notify("STOPPING=1")
             await control.stop()
-            self._nonblocking.begin_stop()
-            await asyncio.gather(self._drain(),
-                                 self._nonblocking.drain(self.settings.shutdown_timeout))
+            nonblocking.begin_stop()
+            await asyncio.gather(self._drain(), nonblocking.drain(self.settings.shutdown_timeout))
         log.info("daemon.stopped", replica=self.replica, clients=len(self.consumers),
                  uptime_s=round(time.monotonic() - self._started_at, 1))
 
@@ -152,10 +156,9 @@ class Supervisor:
         await declare_topology(setup, self.topo)
         await declare_delay_queues(setup, self.topo, self.settings.retry_delays)
         await setup.close()
-        self._leadership = Leadership(connection, self.topo)
         state = StateLog(connection, self.topo, self.replica,
                          snapshot_every=self.settings.state_snapshot_every,
-                         should_snapshot=lambda: self._leadership.is_leader)
+                         should_snapshot=self._is_leader)
         state.subscribe(self._on_record)
         events = Events(connection, self.topo)
         await events.start()
