@@ -15,6 +15,7 @@ held again without running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -171,6 +172,8 @@ class BlockingConsumer:
             self._parked = record
             log.info("item.still_parked", client_id=self.client_id,
                      message_id=message.message_id, type=record.get("type"))
+            if not record.get("announced"):
+                await self._announce(record)
             return True
         # The parked item is gone (acked just before a crash): the record is stale.
         await self._rt.state.append(
@@ -282,20 +285,33 @@ class BlockingConsumer:
             log.exception("state.park_not_recorded", client_id=self.client_id,
                           message_id=message_id)
         self._parked = record
-        repeated = since is not None
         log.warning("item.parked", client_id=self.client_id, message_id=message_id,
                     type=type_, queue="blocking", attempts=attempts, error=error,
-                    repeated=repeated)
+                    repeated=since is not None)
+        await self._announce(record)
+
+    async def _announce(self, record: Record) -> None:
+        """Publish the park's events and notify, then record that it was announced.
+
+        A daemon that dies between the park record and this leaves the park
+        unannounced; whoever holds the item next announces it (`_restore_park`).
+        """
+        mid, type_, error = record.get("message_id"), record.get("type"), record["error"]
+        attempts = int(record.get("attempts") or 0)
         events = self._rt.events
-        await events.publish("item.failed", client_id=self.client_id, message_id=message_id,
+        await events.publish("item.failed", client_id=self.client_id, message_id=mid,
                              type_=type_, queue="blocking", error=error, attempt=attempts,
                              final=True)
-        await events.publish("client.parked", client_id=self.client_id, message_id=message_id,
+        await events.publish("client.parked", client_id=self.client_id, message_id=mid,
                              type_=type_, queue="blocking", error=error)
         self._rt.notifier.parked(Failure(
-            client_id=self.client_id, queue="blocking", message_id=message_id, type=type_,
-            error=error, attempts=attempts, at=now, payload=payload, repeated=repeated,
+            client_id=self.client_id, queue="blocking", message_id=mid, type=type_,
+            error=error, attempts=attempts, at=record["failed_at"],
+            payload=record.get("payload"), repeated=record["since"] != record["failed_at"],
         ))
+        with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+            await self._rt.state.append({"kind": "announced", "client_id": self.client_id,
+                                         "message_id": mid, "failed_at": record["failed_at"]})
 
     # -- admin actions ---------------------------------------------------------
 

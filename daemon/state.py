@@ -73,6 +73,10 @@ class View:
             current = self.parked.get(client)
             if current is not None and current.get("message_id") == record.get("message_id"):
                 del self.parked[client]
+        elif kind == "announced":
+            current = self.parked.get(client)
+            if current is not None and current.get("failed_at") == record.get("failed_at"):
+                self.parked[client] = {**current, "announced": True}
         elif kind == "pause":
             self.paused[client] = record
         elif kind == "resume":

@@ -249,7 +249,7 @@ class Broker:
 async def broker(prefix: str) -> AsyncIterator[Broker]:
     topo = Topology(prefix)
     connection = await aio_pika.connect_robust(
-        AMQP_URL, client_properties={"connection_name": f"test {prefix}"})
+        AMQP_URL, client_properties={"connection_name": f"test {prefix}"}, reconnect_interval=1)
     b = Broker(connection, topo)
     try:
         async with connection.channel() as setup:

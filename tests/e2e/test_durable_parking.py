@@ -73,6 +73,7 @@ async def test_a_park_and_a_pause_survive_a_broker_restart(
         await amqp.wait_event("client.parked", "acme")
         assert (await amqp.control(action="pause", client_id="initech"))["ok"]
         await _restart_broker()
+        await asyncio.wait_for(amqp.connection.connected.wait(), 60)
         await wait_until(lambda: daemon.count("channel.recovered") >= 1, 60,
                          "the daemon to put its consumers back")
         await amqp.publish("globex", "G1")
