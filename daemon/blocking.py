@@ -26,7 +26,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
 from daemon.notifications import Failure
-from daemon.runtime import Runtime, backoff, call_handler, payload_dict
+from daemon.runtime import Runtime, backoff, call_handler, payload_dict, report_success
 from daemon.state import Record, utcnow
 from daemon.topology import declare_client_queue
 from handlers.errors import HandlerError, TransientError
@@ -251,14 +251,7 @@ class BlockingConsumer:
                         type=item.type)
         if self._head is message:
             self._head = None
-        duration_ms = round((time.monotonic() - started) * 1000, 1)
-        log.info("item.succeeded", client_id=self.client_id, message_id=item.message_id,
-                 type=item.type, queue="blocking", attempts=attempts, duration_ms=duration_ms)
-        if self._rt.settings.succeeded_events:
-            await self._rt.events.publish(
-                "item.succeeded", client_id=self.client_id, message_id=item.message_id,
-                type_=item.type, queue="blocking", attempts=attempts, duration_ms=duration_ms,
-            )
+        await report_success(self._rt, parsed, attempts, started)
 
     async def _park(
         self,

@@ -31,7 +31,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
 from daemon.notifications import Failure
-from daemon.runtime import Runtime, call_handler
+from daemon.runtime import Runtime, call_handler, report_success
 from daemon.state import Record, utcnow
 from handlers.errors import HandlerError, TransientError
 
@@ -150,7 +150,7 @@ class NonBlockingPool:
             await self._failed_attempt(message, parsed, exc, attempt, headers)
             return
         await message.ack()
-        await self._succeeded(parsed, attempt, started)
+        await report_success(self._rt, parsed, attempt, started)
 
     async def _already_failed(self, message: AbstractIncomingMessage) -> bool:
         """A crash between recording a failure and the ack: ack, do not run again."""
@@ -173,17 +173,6 @@ class NonBlockingPool:
             client_id=str(client or ""), queue="nonblocking", handlers=self._rt.handlers,
             max_body_bytes=self._rt.settings.max_body_bytes,
         )
-
-    async def _succeeded(self, parsed: Parsed, attempts: int, started: float) -> None:
-        item = parsed.item
-        duration_ms = round((time.monotonic() - started) * 1000, 1)
-        log.info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
-                 type=item.type, queue="nonblocking", attempts=attempts, duration_ms=duration_ms)
-        if self._rt.settings.succeeded_events:
-            await self._rt.events.publish(
-                "item.succeeded", client_id=item.client_id, message_id=item.message_id,
-                type_=item.type, queue="nonblocking", attempts=attempts, duration_ms=duration_ms,
-            )
 
     async def _failed_attempt(
         self, message: AbstractIncomingMessage, parsed: Parsed, exc: HandlerError,

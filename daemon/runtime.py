@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,19 @@ class Runtime:
             else await self.confirm_channel.get_exchange(exchange, ensure=False)
         )
         await target.publish(message, routing_key=routing_key, mandatory=True)
+
+
+async def report_success(rt: Runtime, parsed: Parsed, attempts: int, started: float) -> None:
+    """The one log line and the `item.succeeded` event of an item that succeeded."""
+    item = parsed.item
+    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    log.info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
+             type=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms)
+    if rt.settings.succeeded_events:
+        await rt.events.publish(
+            "item.succeeded", client_id=item.client_id, message_id=item.message_id,
+            type_=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms,
+        )
 
 
 async def call_handler(parsed: Parsed, attempt: int, context: Context, timeout: float) -> None:

@@ -387,6 +387,14 @@ async def daemon_process(env: dict[str, str], log_path: Path) -> AsyncIterator[D
             proc.wait(10)
 
 
+def env_with_clients(prefix: str, tmp_path: Path, shop: FakeShop, clients: list[str],
+                     **extra: str) -> dict[str, str]:
+    """Daemon environment with a clients file whose clients all talk to `shop`."""
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, clients))
+    return daemon_env(prefix, S2SQ_CLIENTS_FILE=str(path), **extra)
+
+
 def daemon_env(prefix: str, **extra: str) -> dict[str, str]:
     env = {"S2SQ_AMQP_URL": AMQP_URL, "S2SQ_PREFIX": prefix, "S2SQ_HTTP_PORT": "0",
            "S2SQ_LOG_FORMAT": "json", "S2SQ_BLOCKING_BACKOFF": "0.05",

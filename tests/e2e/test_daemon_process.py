@@ -13,6 +13,7 @@ from tests.support import (
     clients_toml,
     daemon_env,
     daemon_process,
+    env_with_clients,
     stays,
     wait_until,
 )
@@ -22,9 +23,7 @@ CLIENTS = ["acme", "globex", "initech"]
 
 
 def _env(prefix: str, tmp_path, shop: FakeShop, clients: list[str]) -> dict[str, str]:
-    path = tmp_path / "clients.toml"
-    path.write_text(clients_toml(shop.url, clients))
-    return daemon_env(prefix, S2SQ_CLIENTS_FILE=str(path))
+    return env_with_clients(prefix, tmp_path, shop, clients)
 
 
 async def test_sigterm_under_load_loses_nothing_and_runs_nothing_twice(

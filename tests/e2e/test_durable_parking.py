@@ -12,9 +12,8 @@ from tests.support import (
     Broker,
     DaemonProcess,
     FakeShop,
-    clients_toml,
-    daemon_env,
     daemon_process,
+    env_with_clients,
     stays,
     wait_until,
 )
@@ -23,9 +22,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def _env(prefix: str, tmp_path, shop: FakeShop, clients: list[str]) -> dict[str, str]:
-    path = tmp_path / "clients.toml"
-    path.write_text(clients_toml(shop.url, clients))
-    return daemon_env(prefix, S2SQ_CLIENTS_FILE=str(path))
+    return env_with_clients(prefix, tmp_path, shop, clients)
 
 
 def _notified(*daemons: DaemonProcess, client: str) -> int:

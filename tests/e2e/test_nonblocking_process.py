@@ -12,9 +12,8 @@ import pytest
 from tests.support import (
     Broker,
     FakeShop,
-    clients_toml,
-    daemon_env,
     daemon_process,
+    env_with_clients,
     stays,
     wait_until,
 )
@@ -24,10 +23,8 @@ CLIENTS = ["acme", "globex", "initech"]
 
 
 def _env(prefix: str, tmp_path, shop: FakeShop, **extra: str) -> dict[str, str]:
-    path = tmp_path / "clients.toml"
-    path.write_text(clients_toml(shop.url, CLIENTS))
-    return daemon_env(prefix, S2SQ_CLIENTS_FILE=str(path),
-                      S2SQ_NONBLOCKING_RETRY_DELAYS="0.3,0.5", **extra)
+    return env_with_clients(prefix, tmp_path, shop, CLIENTS,
+                            S2SQ_NONBLOCKING_RETRY_DELAYS="0.3,0.5", **extra)
 
 
 async def test_failed_items_survive_kill_9_and_a_restart(
