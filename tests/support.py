@@ -271,6 +271,7 @@ async def broker(prefix: str) -> AsyncIterator[Broker]:
 
 async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
     """Delete everything a prefix created: client queues found in its state log, then the rest."""
+    await asyncio.wait_for(connection.connected.wait(), 60)  # after a broker restart, say
     state = StateLog(connection, topo, "purge")
     with suppress(Exception):
         await state.start()
