@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     # The leader snapshots the state log every this many records (bounded start-up).
     state_snapshot_every: int = Field(1000, ge=10)
     # Whether `item.succeeded` events are published (the other events always are).
-    succeeded_events: bool = True
+    # Off by default: on the blocking hot path one event per item halves
+    # throughput (bench/RESULTS.md); park, failure and admin events always go out.
+    succeeded_events: bool = False
 
     @field_validator("nonblocking_retry_delays")
     @classmethod

@@ -313,6 +313,7 @@ def settings_for(prefix: str, tmp: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "amqp_url": AMQP_URL, "prefix": prefix, "http_port": 0, "admin_token": "admin-token",
         "blocking_backoff": 0.05, "handler_timeout": 5.0, "shutdown_timeout": 5.0,
+        "succeeded_events": True,
         "log_format": "json", "image_dir": tmp / "images",
     }
     values.update(overrides)
@@ -399,6 +400,7 @@ def env_with_clients(prefix: str, tmp_path: Path, shop: FakeShop, clients: list[
 def daemon_env(prefix: str, **extra: str) -> dict[str, str]:
     env = {"S2SQ_AMQP_URL": AMQP_URL, "S2SQ_PREFIX": prefix, "S2SQ_HTTP_PORT": "0",
            "S2SQ_LOG_FORMAT": "json", "S2SQ_BLOCKING_BACKOFF": "0.05",
+           "S2SQ_SUCCEEDED_EVENTS": "true",
            "S2SQ_SHUTDOWN_TIMEOUT": "10"}
     env.update(extra)
     return env
