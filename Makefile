@@ -4,11 +4,9 @@
 #   make test    ruff, mypy and pytest against the local broker
 #   make check   ruff and mypy only (no broker needed)
 #   make bench   the blocking-queue benchmark
-#   make bench-nonblocking   the non-blocking one, against raw aio-pika, Celery and Dramatiq
 #   make clean   remove the virtualenv and caches
 #
 # PYTEST_ARGS is passed to pytest, e.g. make test PYTEST_ARGS='-k parking -x'.
-# BENCH_ARGS is passed to bench/nonblocking.py, e.g. make bench-nonblocking BENCH_ARGS='--runs 3'.
 # PYTHON picks the interpreter the virtualenv is made from (python3.11 or newer).
 
 SHELL := bash
@@ -23,9 +21,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG := examples/demo.toml
 PYTEST_ARGS ?=
-BENCH_ARGS ?=
 
-.PHONY: help venv broker run test check bench bench-nonblocking clean
+.PHONY: help venv broker run test check bench clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -66,11 +63,6 @@ check: venv
 
 bench: venv broker
 	$(BIN)/python bench/blocking.py
-
-# Celery and Dramatiq come from the `bench` extra, installed only for this target.
-bench-nonblocking: venv broker
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python bench/nonblocking.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
