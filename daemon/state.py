@@ -20,6 +20,7 @@ reconnect; records already applied are skipped by their `x-stream-offset`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
@@ -168,7 +169,25 @@ class StateLog:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        """Open the channels, replay the whole log and keep tailing it."""
+        """Open the channels, replay the log from the latest snapshot and keep tailing it."""
+        for attempt in range(6):
+            try:
+                await self._start()
+                return
+            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+                # RabbitMQ 3.10 may refuse a basic.get or consume right after a quorum
+                # queue's declaration (noproc, INTERNAL_ERROR closing the connection).
+                if attempt == 5:
+                    raise
+                log.warning("state.start_retry", attempt=attempt, exc_info=True)
+                await self.stop()
+                await asyncio.wait_for(self._connection.connected.wait(), 60)
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def _start(self) -> None:
+        self.view = View()
+        self._last_offset = -1
+        self._records_read = 0
         self._write = await self._connection.channel(publisher_confirms=True)
         self._tail = await self._connection.channel(publisher_confirms=False)
         await self._tail.set_qos(prefetch_count=500)
@@ -234,7 +253,8 @@ class StateLog:
         """Close both channels."""
         for channel in (self._tail, self._write):
             if channel is not None and not channel.is_closed:
-                await channel.close()
+                with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                    await channel.close()
 
     async def append(self, record: Record, patience: float = 300.0) -> None:
         """Append one record, confirmed by the broker before this returns.

@@ -244,7 +244,9 @@ class Supervisor:
 
     async def register(self, client_id: str, actor: str) -> bool:
         """Declare the client's queue, consume it, record the registration; True if new."""
-        created = client_id not in self.state.view.clients
+        # The view learns of a registration only when the tail reads it back, so a
+        # consumer started here already counts as registered.
+        created = client_id not in self.state.view.clients and client_id not in self.consumers
         await self._ensure_consumer(client_id)
         if created:
             await self.state.append({"kind": "register", "client_id": client_id,
