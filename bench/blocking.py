@@ -62,7 +62,7 @@ from bench.window import DISTURBED_CORES, START_TIMEOUT_S, Setup, Window, measur
 RAW_WORKER = Path(__file__).resolve().parent / "raw.py"
 RAW = "raw aio-pika"
 GOAL = 0.8  # daemon items/s over raw items/s, from the issue
-RETRIES = 2  # times a window is measured again after the broker went away during it
+RETRIES = 2  # times a window is measured again (broker gone, or cores shared)
 
 
 # -- raw side ------------------------------------------------------------------------------
@@ -189,17 +189,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def with_retries(setup: Setup, window: Callable[[], Awaitable[Window]]) -> Window:
-    """Measure a window; again (up to RETRIES times) if the broker went away meanwhile."""
+    """Measure a window, again if the broker went away or other processes used the cores.
+
+    At most RETRIES times more; of disturbed windows, the least disturbed one is kept.
+    """
+    best: Window | None = None
     for attempt in range(RETRIES + 1):
         try:
-            return await window()
+            measured = await window()
         except Exception as exc:
             if not setup.lost.is_set() or attempt == RETRIES:
                 raise
             print(f"  the broker went away ({type(exc).__name__}); measuring again once it is"
                   " back")
             await setup.clean()
-    raise AssertionError("unreachable")
+            continue
+        if best is None or measured.other_cores < best.other_cores:
+            best = measured
+        if not measured.disturbed:
+            break
+        if attempt < RETRIES:
+            print(f"  other processes used {measured.other_cores:.0%} of a core meanwhile;"
+                  " measuring again")
+    if best is None:
+        raise RuntimeError("no window measured")
+    return best
 
 
 def code_version() -> str:

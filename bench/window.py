@@ -76,9 +76,14 @@ class Window:
         return self.items / self.seconds
 
     @property
+    def other_cores(self) -> float:
+        """CPU that other processes used during the window, in cores."""
+        return self.cpu.other / self.seconds
+
+    @property
     def disturbed(self) -> bool:
         """Other processes used the cores during the window: its numbers are doubtful."""
-        return self.cpu.other / self.seconds > DISTURBED_CORES
+        return self.other_cores > DISTURBED_CORES
 
 
 async def measure(
