@@ -21,7 +21,6 @@ import time
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.topology import Topology
 
@@ -55,11 +54,15 @@ class Leadership:
         """Join the election; return once this replica knows whether it leads (≤ LEASE s)."""
         for attempt in range(10):
             try:
+                await asyncio.wait_for(self._connection.connected.wait(), 60)
                 await self._join()
                 break
-            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+            except Exception:
                 # RabbitMQ 3.10 can fail a consume right after a quorum queue's
-                # declaration (noproc, INTERNAL_ERROR); the robust link comes back.
+                # declaration (noproc, INTERNAL_ERROR closing the connection; aiormq
+                # then raises a plain RuntimeError); the robust link comes back.
+                if attempt == 9:
+                    raise
                 log.warning("leader.join_retry", attempt=attempt, exc_info=True)
                 await asyncio.sleep(0.2 * 2**attempt)
         self._task = asyncio.ensure_future(self._beat())

@@ -172,16 +172,16 @@ class StateLog:
         """Open the channels, replay the log from the latest snapshot and keep tailing it."""
         for attempt in range(6):
             try:
+                await asyncio.wait_for(self._connection.connected.wait(), 60)
                 await self._start()
                 return
-            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+            except Exception:  # aiormq raises a plain RuntimeError on a closed connection
                 # RabbitMQ 3.10 may refuse a basic.get or consume right after a quorum
                 # queue's declaration (noproc, INTERNAL_ERROR closing the connection).
                 if attempt == 5:
                     raise
                 log.warning("state.start_retry", attempt=attempt, exc_info=True)
                 await self.stop()
-                await asyncio.wait_for(self._connection.connected.wait(), 60)
                 await asyncio.sleep(0.2 * 2**attempt)
 
     async def _start(self) -> None:
