@@ -117,6 +117,7 @@ class Operations:
         if consumer.paused:
             raise OperationError(f"client {client_id!r} is already paused")
         await self._sup.state.append({"kind": "pause", "client_id": client_id, "actor": actor})
+        await self._sup.state.sync()  # read-your-writes: a resume right after must see it
         await self._sup.rt.events.publish("client.paused", client_id=client_id, message_id=None,
                                           type_=None, queue="blocking", actor=actor)
         log.info("client.paused", client_id=client_id, actor=actor)
