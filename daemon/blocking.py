@@ -25,8 +25,15 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
-from daemon.notifications import Failure
-from daemon.runtime import Runtime, backoff, call_handler, payload_dict, report_success
+from daemon.notifications import Failure, Resumed
+from daemon.runtime import (
+    Runtime,
+    backoff,
+    call_handler,
+    notify_resumed,
+    payload_dict,
+    report_success,
+)
 from daemon.state import Record, utcnow
 from daemon.topology import declare_client_queue
 from handlers.errors import HandlerError, TransientError
@@ -297,11 +304,17 @@ class BlockingConsumer:
                              final=True)
         await events.publish("client.parked", client_id=self.client_id, message_id=mid,
                              type_=type_, queue="blocking", error=error)
-        self._rt.notifier.parked(Failure(
-            client_id=self.client_id, queue="blocking", message_id=mid, type=type_,
-            error=error, attempts=attempts, at=record["failed_at"],
-            payload=record.get("payload"), repeated=record["since"] != record["failed_at"],
-        ))
+        try:
+            await self._rt.notifier.parked(Failure(
+                client_id=self.client_id, queue="blocking", message_id=mid, type=type_,
+                error=error, attempts=attempts, at=record["failed_at"],
+                payload=record.get("payload"), repeated=record["since"] != record["failed_at"],
+            ))
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            # Not recorded as announced: whoever holds the item next announces it.
+            log.warning("notify.not_queued", client_id=self.client_id, message_id=mid,
+                        type=type_, error=repr(exc))
+            return
         with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
             await self._rt.state.append({"kind": "announced", "client_id": self.client_id,
                                          "message_id": mid, "failed_at": record["failed_at"]})
@@ -389,3 +402,5 @@ class BlockingConsumer:
         await self._rt.events.publish("client.resumed", client_id=self.client_id,
                                       message_id=mid, type_=record.get("type"),
                                       queue="blocking", how=how, actor=actor)
+        await notify_resumed(self._rt, Resumed(self.client_id, mid, record.get("type"), how,
+                                               actor, utcnow()))

@@ -30,7 +30,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
-from daemon.notifications import Failure
+from daemon.notifications import failure_from_record
 from daemon.runtime import Runtime, call_handler, report_success
 from daemon.state import Record, utcnow
 from handlers.errors import HandlerError, TransientError
@@ -155,11 +155,25 @@ class NonBlockingPool:
     async def _already_failed(self, message: AbstractIncomingMessage) -> bool:
         """A crash between recording a failure and the ack: ack, do not run again."""
         await self._rt.state.sync()
-        if message.message_id in self._rt.state.view.failed:
+        record = self._rt.state.view.failed.get(message.message_id or "")
+        if record is not None:
             log.info("item.already_failed", message_id=message.message_id, type=message.type)
-            await message.ack()
+            if await self._notify(message, record):
+                await message.ack()
             return True
         return False
+
+    async def _notify(self, message: AbstractIncomingMessage, record: Record) -> bool:
+        """Queue the failure's notification; if the broker refused, hand the item back."""
+        try:
+            await self._rt.notifier.failed(failure_from_record(record))
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning("notify.not_queued", client_id=record.get("client_id"),
+                        message_id=record.get("message_id"), type=record.get("type"),
+                        error=repr(exc))
+            await message.nack(requeue=True)  # redelivered: `_already_failed` tries again
+            return False
+        return True
 
     def _parse(self, message: AbstractIncomingMessage) -> Parsed | BadItem:
         headers = message.headers or {}
@@ -218,6 +232,10 @@ class NonBlockingPool:
             "failed_at": now, "payload": payload, "message": message_record(message),
         }
         await self._rt.state.append(record)
+        # Queued before the ack: a crash in between redelivers the item, and
+        # `_already_failed` queues it again (the outbox sends it once).
+        if not await self._notify(message, record):
+            return
         await message.ack()
         log.warning("item.failed", client_id=client_id, message_id=message_id,
                     type=type_, queue="nonblocking", attempts=attempt, error=error)
@@ -225,7 +243,3 @@ class NonBlockingPool:
             "item.failed", client_id=client_id, message_id=message_id, type_=type_,
             queue="nonblocking", error=error, attempt=attempt, final=True,
         )
-        self._rt.notifier.failed(Failure(
-            client_id=client_id, queue="nonblocking", message_id=message_id,
-            type=type_, error=error, attempts=attempt, at=now, payload=payload,
-        ))

@@ -1,15 +1,20 @@
-"""Where failure notifications attach (SPEC sections 1 and 4).
+"""What a failure notification says, and the hook the consumers call.
 
-The consumers call the `Notifier` once per park and once per final
-non-blocking failure, after the state log has recorded it. Sending must
-never hold a queue: an implementation queues the work and returns at once.
-This issue ships `LogNotifier`; email and webhooks come with the
-notifications issue and plug in here.
+The consumers call the `Notifier` once per park, once per final non-blocking
+failure and once per resume of a parked client, after the state log has the
+fact. The notifier only *queues* the notification (a confirmed publish to
+`<prefix>.notify`) and returns: deciding who gets what and sending it happen
+beside the consumers (`daemon/outbox.py`), so a slow or dead SMTP server
+never holds a queue.
+
+Every notification has an id derived from the fact it reports, so a fact
+announced twice (a daemon that died between queueing and recording that it
+announced) is sent once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -19,7 +24,7 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """What a notification says: which item failed, why, and how often it was tried."""
+    """Which item failed, why, and how often it was tried."""
 
     client_id: str
     queue: str
@@ -31,22 +36,81 @@ class Failure:
     payload: Any = None
     repeated: bool = False  # a retry that failed again (the client was already parked)
 
+    @property
+    def job_id(self) -> str:
+        """The same failure always gets the same id (pure)."""
+        if self.queue == "blocking":
+            return f"parked:{self.client_id}:{self.message_id}:{self.at}"
+        return f"failed:{self.client_id}:{self.message_id}:{self.at}"
+
+    def job(self) -> dict[str, Any]:
+        """The notification job as queued in `<prefix>.notify` (the payload only as a summary)."""
+        kind = "parked" if self.queue == "blocking" else "failed"
+        fields = asdict(self)
+        fields["summary"] = summarize(self.type, fields.pop("payload"))
+        return {"job": kind, "id": self.job_id, **fields}
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A parked client runs again (after retry, skip or resume)."""
+
+    client_id: str
+    message_id: str | None
+    type: str | None
+    how: str
+    actor: str
+    at: str
+
+    def job(self) -> dict[str, Any]:
+        return {"job": "resumed", "id": f"resumed:{self.client_id}:{self.message_id}:{self.at}",
+                **asdict(self)}
+
+
+def failure_from_record(record: dict[str, Any]) -> Failure:
+    """The failure a `failed` state record describes (to notify it again after a crash)."""
+    return Failure(
+        client_id=str(record.get("client_id") or ""), queue="nonblocking",
+        message_id=record.get("message_id"), type=record.get("type"),
+        error=str(record.get("error") or ""), attempts=int(record.get("attempts") or 0),
+        at=str(record.get("failed_at") or ""), payload=record.get("payload"),
+    )
+
+
+_REFERENCE_KEYS = ("sku", "order_id", "fulfillment_id", "id", "number", "increment_id")
+
+
+def summarize(type_: str | None, payload: Any) -> str:
+    """A short readable name for an item, e.g. `SKU ABC-1` or `order 1001` (pure)."""
+    if not isinstance(payload, dict):
+        return ""
+    if isinstance(payload.get("sku"), str | int):
+        return f"SKU {payload['sku']}"
+    for noun in ("order", "fulfillment", "product"):
+        inner = payload.get(noun)
+        if isinstance(inner, dict):
+            ref = _reference(inner)
+            if ref:
+                return f"{noun} {ref}"
+    if type_ == "notification.email" and isinstance(payload.get("to"), list):
+        return "email to " + ", ".join(str(t) for t in payload["to"][:3])
+    ref = _reference(payload)
+    return f"{type_ or 'item'} {ref}" if ref else ""
+
+
+def _reference(data: dict[str, Any]) -> str:
+    for key in _REFERENCE_KEYS:
+        value = data.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            return str(value)[:80]
+    return ""
+
 
 class Notifier(Protocol):
-    """Called beside the consumers; must return quickly and never raise."""
+    """Queues notifications; raises when the broker did not take one (the caller retries)."""
 
-    def parked(self, failure: Failure) -> None: ...
+    async def parked(self, failure: Failure) -> None: ...
 
-    def failed(self, failure: Failure) -> None: ...
+    async def failed(self, failure: Failure) -> None: ...
 
-
-class LogNotifier:
-    """Logs what would be sent; the default until email and webhooks land."""
-
-    def parked(self, failure: Failure) -> None:
-        log.info("notify.parked", client_id=failure.client_id, message_id=failure.message_id,
-                 type=failure.type, repeated=failure.repeated)
-
-    def failed(self, failure: Failure) -> None:
-        log.info("notify.failed", client_id=failure.client_id, message_id=failure.message_id,
-                 type=failure.type)
+    async def resumed(self, resumed: Resumed) -> None: ...

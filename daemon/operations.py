@@ -17,6 +17,8 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from daemon.blocking import BlockingConsumer, OperationError, UnknownClient
 from daemon.clients import InvalidClientId, validate_client_id
+from daemon.notifications import Resumed
+from daemon.runtime import notify_resumed
 from daemon.state import utcnow
 
 if TYPE_CHECKING:
@@ -132,6 +134,8 @@ class Operations:
         await self._sup.state.sync()
         await self._sup.rt.events.publish("client.resumed", client_id=client_id, message_id=None,
                                           type_=None, queue="blocking", how="resume", actor=actor)
+        await notify_resumed(self._sup.rt, Resumed(client_id, None, None, "resume", actor,
+                                                    utcnow()))
         log.info("client.resumed", client_id=client_id, actor=actor, how="resume")
         return {"client_id": client_id, "state": consumer.state}
 

@@ -12,10 +12,11 @@ from typing import Any
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.events import Events
 from daemon.items import Parsed
-from daemon.notifications import Notifier
+from daemon.notifications import Notifier, Resumed
 from daemon.settings import Settings
 from daemon.state import StateLog
 from daemon.topology import Topology
@@ -62,6 +63,15 @@ async def report_success(rt: Runtime, parsed: Parsed, attempts: int, started: fl
             "item.succeeded", client_id=item.client_id, message_id=item.message_id,
             type_=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms,
         )
+
+
+async def notify_resumed(rt: Runtime, resumed: Resumed) -> None:
+    """Queue the `client.resumed` webhook; the resume stands even if the broker refuses it."""
+    try:
+        await rt.notifier.resumed(resumed)
+    except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+        log.warning("notify.not_queued", client_id=resumed.client_id,
+                    message_id=resumed.message_id, type=resumed.type, error=repr(exc))
 
 
 async def call_handler(parsed: Parsed, attempt: int, context: Context, timeout: float) -> None:

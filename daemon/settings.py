@@ -51,6 +51,21 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     admin_emails: str | None = None
+    smtp_timeout: float = Field(15.0, gt=0)
+    # Public address of the web console, for the links in notification emails.
+    # Unset: http://<http_host>:<http_port> (fine for a single local daemon).
+    console_url: str | None = None
+    # Notifications (daemon/outbox.py). A retry that fails again within the quiet
+    # period sends no second mail; non-blocking failures of one client within the
+    # digest window after a mail are gathered into one digest at the window's end.
+    notify_quiet_period: float = Field(3600.0, ge=0)
+    notify_digest_window: float = Field(300.0, gt=0)
+    # Delivery retries (seconds); after the last delay, retries repeat it until
+    # the notification is `notify_max_age` seconds old, then it is given up (logged).
+    notify_retry_delays: str = "10,60,300,900"
+    notify_max_age: float = Field(172_800.0, gt=0)
+    notify_concurrency: int = Field(8, ge=1)
+    webhook_timeout: float = Field(10.0, gt=0)
 
     blocking_attempts: int = Field(3, ge=1)
     # In-place back-off between blocking attempts: base * 2**(n-1), capped.
@@ -85,7 +100,7 @@ class Settings(BaseSettings):
     # throughput (bench/RESULTS.md); park, failure and admin events always go out.
     succeeded_events: bool = False
 
-    @field_validator("nonblocking_retry_delays")
+    @field_validator("nonblocking_retry_delays", "notify_retry_delays")
     @classmethod
     def _delays_are_seconds(cls, value: str) -> str:
         parts = [p.strip() for p in value.split(",") if p.strip()]
@@ -99,10 +114,27 @@ class Settings(BaseSettings):
             raise ValueError("every delay must be a finite number of seconds over 0")
         return ",".join(parts)
 
+    @field_validator("console_url")
+    @classmethod
+    def _console_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return None if value is None else value.rstrip("/")
+
     @property
     def retry_delays(self) -> tuple[float, ...]:
         """`nonblocking_retry_delays` as numbers."""
         return tuple(float(p) for p in self.nonblocking_retry_delays.split(",") if p)
+
+    @property
+    def notify_delays(self) -> tuple[float, ...]:
+        """`notify_retry_delays` as numbers."""
+        return tuple(float(p) for p in self.notify_retry_delays.split(",") if p)
+
+    @property
+    def console_base(self) -> str:
+        """Where the console is reached, without a trailing slash."""
+        return self.console_url or f"http://{self.http_host}:{self.http_port}"
 
     @property
     def admin_email_list(self) -> tuple[str, ...]:

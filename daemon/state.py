@@ -1,8 +1,9 @@
 """The state log: what must outlive a process, kept in the broker.
 
 A RabbitMQ stream (`<prefix>.state`) holds append-only records: client
-registrations, parks, un-parks, pauses and resumes. Every daemon replica
-replays it at start-up and then tails it, so each builds the same `View`
+registrations, parks, un-parks, pauses, resumes, failed items and the
+notifications decided. Every daemon replica replays it at start-up and then
+tails it, so each builds the same `View`
 (and any replica can answer the console). The parked item itself stays at
 the head of its client queue; the log says *why* it is held.
 
@@ -35,6 +36,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from daemon.notify_rules import fold as fold_notify
 from daemon.topology import Topology, declare_client_queue, declare_topology
 
 log = structlog.get_logger()
@@ -56,12 +58,16 @@ class View:
     parked: dict[str, Record] = field(default_factory=dict)
     paused: dict[str, Record] = field(default_factory=dict)
     failed: dict[str, Record] = field(default_factory=dict)  # non-blocking, by message id
+    notify: dict[str, Record] = field(default_factory=dict)  # daemon.notify_rules memory
 
     def apply(self, record: Record) -> None:
         """Fold one record into the view (pure; replaying twice gives the same view)."""
         kind, client = record.get("kind"), record.get("client_id")
         if kind in ("failed", "unfail"):
             self._apply_failed(kind, record)
+            return
+        if kind in ("notified", "digest.add", "digest.sent"):
+            fold_notify(self.notify, record)
             return
         if not isinstance(client, str):
             return
@@ -95,12 +101,13 @@ class View:
     def snapshot(self) -> Record:
         """The whole view as one record."""
         return {"kind": "snapshot", "clients": sorted(self.clients), "parked": self.parked,
-                "paused": self.paused, "failed": self.failed}
+                "paused": self.paused, "failed": self.failed, "notify": self.notify}
 
     @classmethod
     def from_snapshot(cls, record: Record) -> View:
         return cls(set(record.get("clients", ())), dict(record.get("parked", {})),
-                   dict(record.get("paused", {})), dict(record.get("failed", {})))
+                   dict(record.get("paused", {})), dict(record.get("failed", {})),
+                   dict(record.get("notify", {})))
 
 
 async def append_record(

@@ -30,12 +30,17 @@ from daemon.control import Control
 from daemon.events import Events
 from daemon.leader import Leadership
 from daemon.nonblocking import NonBlockingPool
-from daemon.notifications import LogNotifier, Notifier
 from daemon.operations import Operations
+from daemon.outbox import Outbox
 from daemon.runtime import Runtime
 from daemon.settings import Settings
 from daemon.state import Record, StateLog
-from daemon.topology import Topology, declare_delay_queues, declare_topology
+from daemon.topology import (
+    Topology,
+    declare_delay_queues,
+    declare_notify_queues,
+    declare_topology,
+)
 from handlers import load_handlers
 from handlers.context import DEFAULT_TIMEOUT, HandlerContext
 
@@ -47,9 +52,7 @@ STARTUP_CONCURRENCY = 50
 class Supervisor:
     """Runs one daemon replica until asked to stop."""
 
-    def __init__(
-        self, settings: Settings, notifier: Notifier | None = None, *, handle_signals: bool = True
-    ) -> None:
+    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
         self._handle_signals = handle_signals
         self.topo = Topology(settings.prefix, settings.queue_type, settings.delivery_limit)
@@ -59,7 +62,6 @@ class Supervisor:
         self.ops = Operations(self)
         self.ready = False
         self.stop_requested = asyncio.Event()
-        self._notifier = notifier or LogNotifier()
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
@@ -67,6 +69,7 @@ class Supervisor:
         self._nonblocking: NonBlockingPool | None = None
         self._leadership: Leadership | None = None
         self._rt: Runtime | None = None
+        self.outbox: Outbox | None = None
         self._started_at = time.monotonic()
 
     def __repr__(self) -> str:
@@ -155,6 +158,8 @@ class Supervisor:
         setup = await connection.channel()
         await declare_topology(setup, self.topo)
         await declare_delay_queues(setup, self.topo, self.settings.retry_delays)
+        await declare_notify_queues(setup, self.topo, self.settings.notify_delays,
+                                    self.settings.notify_digest_window)
         await setup.close()
         state = StateLog(connection, self.topo, self.replica,
                          snapshot_every=self.settings.state_snapshot_every,
@@ -169,12 +174,17 @@ class Supervisor:
             # Each HTTP request times out before the whole handler call does.
             per_request = min(DEFAULT_TIMEOUT, self.settings.handler_timeout * 0.9)
             context = HandlerContext(lambda: self.clients, http, per_request)
+            outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
+                                          lambda: self.clients, http)
             self._rt = Runtime(self.settings, self.topo, load_handlers(), context, events,
-                               state, self._notifier, confirm, self.replica)
+                               state, outbox, confirm, self.replica)
             await state.start()
+            await outbox.start()
             try:
                 yield self._rt
             finally:
+                # After the consumers drained (their parks are queued), before the state log.
+                await outbox.stop(self.settings.shutdown_timeout)
                 await state.stop()
 
     @asynccontextmanager

@@ -19,6 +19,11 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.deadletter`             | fanout exchange + queue: items over the delivery limit  |
 | `<p>.leader`                 | queue, single active consumer: elects the replica that  |
 |                              | answers control messages no single replica owns         |
+| `<p>.notify`                 | queue, single active consumer: notifications to decide  |
+|                              | (park, failure, resume, digest due)                     |
+| `<p>.notify.delay.<N>ms`     | the digest window: TTL N ms, dead-letters to the above  |
+| `<p>.notify.send`            | queue, competing consumers: mails and webhooks to send  |
+| `<p>.notify.send.delay.<N>ms`| one per delivery retry delay, dead-letters to the above |
 """
 
 from __future__ import annotations
@@ -72,12 +77,12 @@ class Topology:
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
-    def delay_queue(self, seconds: float) -> str:
-        """Where a non-blocking item waits `seconds` before it runs again."""
-        return f"{self.nonblocking}.delay.{round(seconds * 1000)}ms"
+    def delay_queue(self, seconds: float, target: str | None = None) -> str:
+        """Where a message waits `seconds` before it goes to `target` (default: non-blocking)."""
+        return f"{target or self.nonblocking}.delay.{round(seconds * 1000)}ms"
 
-    def delay_queue_arguments(self, seconds: float) -> dict[str, Any]:
-        """A queue-wide TTL that dead-letters back to the work queue.
+    def delay_queue_arguments(self, seconds: float, target: str | None = None) -> dict[str, Any]:
+        """A queue-wide TTL that dead-letters to `target` (default: the non-blocking queue).
 
         Queue-wide, not per message: per-message TTL only expires at the head,
         so one long delay would hold up shorter ones behind it; one queue per
@@ -90,7 +95,7 @@ class Topology:
             "x-queue-type": self.queue_type,
             "x-message-ttl": round(seconds * 1000),
             "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": self.nonblocking,
+            "x-dead-letter-routing-key": target or self.nonblocking,
         }
         if self.queue_type == "quorum":
             args |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
@@ -104,6 +109,18 @@ class Topology:
         """Single active consumer elects the leader; heartbeats never pile up."""
         return {"x-queue-type": self.queue_type, "x-single-active-consumer": True,
                 "x-max-length": 100, "x-overflow": "drop-head"}
+
+    @property
+    def notify(self) -> str:
+        return f"{self.prefix}.notify"
+
+    @property
+    def notify_send(self) -> str:
+        return f"{self.prefix}.notify.send"
+
+    def notify_queue_arguments(self) -> dict[str, Any]:
+        """Single active consumer: one replica at a time decides (quiet periods, digests)."""
+        return {"x-queue-type": self.queue_type, "x-single-active-consumer": True}
 
     def client_queue(self, client_id: str) -> str:
         """The blocking queue of one client."""
@@ -209,6 +226,23 @@ async def declare_delay_queues(
         await channel.declare_queue(
             topo.delay_queue(seconds), durable=True,
             arguments=topo.delay_queue_arguments(seconds),
+        )
+
+
+async def declare_notify_queues(
+    channel: AbstractChannel, topo: Topology, retry_delays: tuple[float, ...], window: float
+) -> None:
+    """The notification queues, the digest window's delay queue and the delivery retry queues."""
+    await channel.declare_queue(topo.notify, durable=True,
+                                arguments=topo.notify_queue_arguments())
+    await channel.declare_queue(topo.notify_send, durable=True,
+                                arguments=topo.shared_queue_arguments())
+    await channel.declare_queue(topo.delay_queue(window, topo.notify), durable=True,
+                                arguments=topo.delay_queue_arguments(window, topo.notify))
+    for seconds in sorted(set(retry_delays)):
+        await channel.declare_queue(
+            topo.delay_queue(seconds, topo.notify_send), durable=True,
+            arguments=topo.delay_queue_arguments(seconds, topo.notify_send),
         )
 
 

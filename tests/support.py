@@ -225,6 +225,13 @@ class Broker:
             await asyncio.sleep(wait)
         return answers
 
+    async def queue_job(self, job: dict[str, Any]) -> None:
+        """Queue a notification job as the daemon's consumers do."""
+        async with self.connection.channel(publisher_confirms=True) as channel:
+            await channel.default_exchange.publish(
+                aio_pika.Message(orjson.dumps(job), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self.topo.notify)
+
     def named(self, event: str, client: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events
                 if e["event"] == event and (client is None or e["client_id"] == client)]
@@ -280,9 +287,11 @@ async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
         for client in state.view.clients:
             with suppress(Exception):
                 await channel.queue_delete(topo.client_queue(client))
-    delays = [topo.delay_queue(s) for s in (0.3, 0.5, 1, 2, 10, 60, 300)]
+    seconds = (0.2, 0.3, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 60, 300, 900)
+    delays = [topo.delay_queue(s, target) for s in seconds
+              for target in (topo.nonblocking, topo.notify, topo.notify_send)]
     for name in (*delays, topo.unrouted, topo.nonblocking, topo.deadletter, topo.archive,
-                 topo.state, topo.leader, topo.state_snapshot):
+                 topo.state, topo.leader, topo.state_snapshot, topo.notify, topo.notify_send):
         async with connection.channel() as channel:
             with suppress(Exception):
                 await channel.queue_delete(name)

@@ -1,4 +1,4 @@
-"""Routes of SPEC section 8: /healthz, /readyz and the JSON API under /api/v1.
+"""Routes of SPEC section 8: /healthz, /readyz, /metrics and the JSON API under /api/v1.
 
 Every action goes through `Operations`, exactly like a control message, and
 answers the same JSON: `{"ok": true, ...}` or `{"ok": false, "error": ...}`.
@@ -101,6 +101,14 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"ready": True, "clients": len(sup.consumers)})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; open like the health checks (no client data in it)."""
+    from daemon.metrics import CONTENT_TYPE, render
+
+    body = await render(_sup(request))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 async def list_clients(request: web.Request) -> web.Response:
     identity = _identity(request)
     clients = await _sup(request).ops.clients()
@@ -179,6 +187,7 @@ def build_app(supervisor: Supervisor) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
     app[SUPERVISOR] = supervisor
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/clients", list_clients)
     app.router.add_post("/api/v1/clients", register_client)

@@ -26,7 +26,7 @@ def _env(prefix: str, tmp_path, shop: FakeShop, clients: list[str]) -> dict[str,
 
 
 def _notified(*daemons: DaemonProcess, client: str) -> int:
-    return sum(d.count("notify.parked", client_id=client) for d in daemons)
+    return sum(d.count("notify.queued", client_id=client, job="parked") for d in daemons)
 
 
 async def test_a_park_survives_kill_9_without_re_running_or_notifying_again(

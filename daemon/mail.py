@@ -1,0 +1,176 @@
+"""Failure emails: rendered from jinja2 templates, sent with aiosmtplib.
+
+`render()` is pure (tested and previewed without SMTP): it turns a queued
+notification into a subject, a plain-text part and an HTML part that reads
+well on a phone. `send()` does the I/O and sorts SMTP errors into ones worth
+retrying and ones that never succeed (a refused recipient, say).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import quote
+
+import aiosmtplib
+import jinja2
+
+from daemon.settings import Settings
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("daemon", "templates/mail"),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+_ACCENT = {"parked": "#cf222e", "failed": "#bc4c00", "digest": "#bc4c00"}
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """One rendered email, ready to send (JSON-able through `as_dict`)."""
+
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    subject: str
+    text: str
+    html: str
+    ref: str  # the notification id: the Message-ID is derived from it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"to": list(self.to), "cc": list(self.cc), "subject": self.subject,
+                "text": self.text, "html": self.html, "ref": self.ref}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Mail:
+        return cls(tuple(data["to"]), tuple(data["cc"]), str(data["subject"]),
+                   str(data["text"]), str(data["html"]), str(data["ref"]))
+
+
+def recipients(client_emails: Sequence[str], admin_emails: Sequence[str]) -> tuple[
+        tuple[str, ...], tuple[str, ...]]:
+    """(to, cc): the client's addresses, admins copied; admins alone when the client has none."""
+    if client_emails:
+        return tuple(client_emails), tuple(e for e in admin_emails if e not in client_emails)
+    return tuple(admin_emails), ()
+
+
+def render(kind: str, job: dict[str, Any], *, client_name: str, to: tuple[str, ...],
+           cc: tuple[str, ...], settings: Settings, digest: dict[str, Any] | None = None) -> Mail:
+    """The email for one notification (`kind`: parked, failed or digest) (pure)."""
+    client_id = str(job["client_id"])
+    name = client_name or client_id
+    base = settings.console_base
+    values: dict[str, Any] = {
+        "client_id": client_id, "client_name": name, "accent": _ACCENT[kind],
+        "recipients": ", ".join((*to, *cc)),
+        "type": job.get("type") or "unknown", "message_id": job.get("message_id") or "none",
+        "attempts": job.get("attempts") or 0, "at": _when(job.get("at")),
+        "error": job.get("error") or "", "summary": job.get("summary") or "",
+    }
+    mid = shlex.quote(str(job.get("message_id") or ""))
+    if kind == "parked":
+        values |= {
+            "headline": f"{name}: queue stopped at {values['summary'] or values['type']}",
+            "console_link": f"{base}/clients/{quote(client_id, safe='')}",
+            "retry_command": f"s2s-queue retry {client_id} --message-id {mid}",
+            "skip_command": f"s2s-queue skip {client_id} --message-id {mid} --reason '...'",
+        }
+    elif kind == "failed":
+        values |= {
+            "headline": f"{name}: {values['summary'] or values['type']} failed",
+            "console_link": f"{base}/failed?client_id={quote(client_id, safe='')}",
+            "retry_command": f"s2s-queue failed retry {mid}",
+            "skip_command": f"s2s-queue failed skip {mid}",
+            "window_minutes": _minutes(settings.notify_digest_window),
+        }
+    else:
+        values |= _digest_values(digest or {}, name, client_id, base)
+    subject = f"[s2s-queue] {values['headline']}"
+    values["subject"] = subject
+    text = _env.get_template(f"{kind}.txt.j2").render(values)
+    html = _env.get_template(f"{kind}.html.j2").render(values)
+    return Mail(to, cc, subject, text, html, str(job.get("id") or ""))
+
+
+def _digest_values(digest: dict[str, Any], name: str, client_id: str, base: str) -> dict[
+        str, Any]:
+    count = int(digest.get("count") or 0)
+    types = sorted((digest.get("types") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    entries = [{**e, "summary": e.get("summary") or "", "at": _when(e.get("at"))}
+               for e in digest.get("entries") or []]
+    return {
+        "headline": f"{name}: {count} more failed item{'s' if count != 1 else ''}",
+        "count": count, "entries": entries,
+        "type_rows": [(t, f"{n} failed") for t, n in types],
+        "console_link": f"{base}/failed?client_id={quote(client_id, safe='')}",
+        "list_command": f"s2s-queue failed list --client {client_id}",
+    }
+
+
+def _when(at: Any) -> str:
+    """`2026-11-28T04:25:13.123Z` as `2026-11-28 04:25:13`."""
+    text = str(at or "")
+    return text.replace("T", " ").split(".")[0].removesuffix("Z")
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:g} seconds"
+    return f"{seconds / 60:g} minutes"
+
+
+def message(mail: Mail, sender: str) -> EmailMessage:
+    """The MIME message: text first, HTML as the alternative; a stable Message-ID."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(mail.to)
+    if mail.cc:
+        msg["Cc"] = ", ".join(mail.cc)
+    msg["Subject"] = mail.subject
+    msg["Date"] = formatdate(usegmt=True)
+    digest = hashlib.sha256(mail.ref.encode()).hexdigest()[:32]
+    msg["Message-ID"] = f"<{digest}@s2s-queue>"
+    msg.set_content(mail.text)
+    msg.add_alternative(mail.html, subtype="html")
+    return msg
+
+
+class MailError(Exception):
+    """Sending failed; `permanent` when trying again cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+async def send(mail: Mail, settings: Settings) -> None:
+    """Send `mail` over SMTP (STARTTLS and login when set).
+
+    Raises:
+        MailError: with a message that never holds the password.
+    """
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    try:
+        await aiosmtplib.send(
+            message(mail, settings.smtp_from), hostname=settings.smtp_host,
+            port=settings.smtp_port, username=settings.smtp_username, password=password,
+            start_tls=settings.smtp_starttls, use_tls=False, timeout=settings.smtp_timeout,
+        )
+    except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPSenderRefused) as exc:
+        raise MailError(f"SMTP refused: {exc}", permanent=True) from None
+    except aiosmtplib.SMTPResponseException as exc:
+        permanent = 500 <= exc.code < 600 and exc.code != 530  # 530: auth needed (config)
+        raise MailError(f"SMTP {exc.code}: {exc.message}", permanent=permanent) from None
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        where = f"{settings.smtp_host}:{settings.smtp_port}"
+        raise MailError(f"SMTP server {where}: {type(exc).__name__}: {exc}",
+                        permanent=False) from None

@@ -1,0 +1,284 @@
+"""The outbox: failure notifications queued in the broker, decided once, sent beside the work.
+
+Three steps, each safe to repeat after a crash, none on a consumer's path:
+
+1. **Queue** (`parked`, `failed`, `resumed`: the `Notifier` the consumers
+   call): a confirmed publish of a job to `<prefix>.notify`. That is all a
+   consumer waits for.
+2. **Decide**: one replica at a time (single active consumer, prefetch 1)
+   takes each job in order, applies `daemon.notify_rules` to what the state
+   log remembers of the client, publishes the deliveries to
+   `<prefix>.notify.send` (and, when a digest window opens, a digest check
+   to the window's delay queue, which dead-letters it back here when the
+   window closes), records the decision in the state log, then acks.
+3. **Send**: every replica takes deliveries from `<prefix>.notify.send`
+   (`notify_concurrency` at a time), sends the mail or webhook and acks. A
+   failure worth retrying goes to the delay queue of the next delay of
+   `notify_retry_delays` (then the last delay again) until the notification
+   is `notify_max_age` old; one that cannot succeed is logged and dropped.
+
+So an SMTP server that is down delays mail, visible in the log as
+`notify.retry_later`, while parking and items go on. Pending notifications
+are messages in the broker: they outlive a restart, and a graceful stop
+finishes or hands back each delivery, so none is sent twice because of it.
+A `kill -9` between sending and acking may send one again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aio_pika
+import aiohttp
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+from daemon import mail, webhooks
+from daemon.clients import ClientConfig
+from daemon.notifications import Failure, Resumed
+from daemon.notify_rules import Plan, Rules, decide, digest_entry
+from daemon.settings import Settings
+from daemon.state import StateLog
+from daemon.topology import Topology
+
+log = structlog.get_logger()
+
+Job = dict[str, Any]
+
+_EVENTS = {"parked": "client.parked", "failed": "item.failed", "resumed": "client.resumed"}
+
+
+class Outbox:
+    """Queues, decides and sends notifications; the daemon's `Notifier`."""
+
+    def __init__(self, connection: AbstractRobustConnection, settings: Settings, topo: Topology,
+                 state: StateLog, clients: Callable[[], Mapping[str, ClientConfig]],
+                 http: aiohttp.ClientSession) -> None:
+        self._connection = connection
+        self._settings = settings
+        self._topo = topo
+        self._state = state
+        self._clients = clients
+        self._http = http
+        self._rules = Rules(settings.notify_quiet_period, settings.notify_digest_window)
+        self._publisher: AbstractChannel | None = None
+        self._channels: list[AbstractChannel] = []
+        self._running: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.jobs: Counter[str] = Counter()  # queued, by job kind
+        self.deliveries: Counter[tuple[str, str]] = Counter()  # by (channel, outcome)
+
+    def __repr__(self) -> str:
+        return f"<Outbox jobs={dict(self.jobs)} deliveries={dict(self.deliveries)}>"
+
+    def count(self, outcome: str) -> int:
+        """Deliveries with `outcome` (sent, retried, given_up) over every channel."""
+        return sum(n for (_, o), n in self.deliveries.items() if o == outcome)
+
+    async def backlog(self) -> int:
+        """Messages ready in the notification queues (quorum counts may lag a little)."""
+        topo, settings = self._topo, self._settings
+        names = [topo.notify, topo.notify_send,
+                 topo.delay_queue(settings.notify_digest_window, topo.notify),
+                 *(topo.delay_queue(d, topo.notify_send) for d in set(settings.notify_delays))]
+        total = 0
+        async with self._connection.channel() as channel:
+            for name in names:
+                queue = await channel.declare_queue(name, passive=True)
+                total += queue.declaration_result.message_count or 0
+        return total
+
+    async def start(self) -> None:
+        self._publisher = await self._connection.channel(publisher_confirms=True,
+                                                         on_return_raises=True)
+        for queue_name, prefetch, callback in (
+            (self._topo.notify, 1, self._on_job),
+            (self._topo.notify_send, self._settings.notify_concurrency, self._on_delivery),
+        ):
+            channel = await self._connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            queue = await channel.get_queue(queue_name, ensure=False)
+            await queue.consume(callback)
+            self._channels.append(channel)
+
+    async def stop(self, timeout: float) -> None:
+        """Take nothing new; let what runs finish within `timeout`; hand the rest back."""
+        self._stopping = True
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for channel in (*self._channels, self._publisher):
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                    await channel.close()
+        log.info("notify.stopped", jobs=dict(self.jobs),
+                 deliveries={f"{c}.{o}": n for (c, o), n in self.deliveries.items()})
+
+    # -- 1. queue (called by the consumers) --------------------------------------
+
+    async def parked(self, failure: Failure) -> None:
+        await self._queue(failure.job())
+
+    async def failed(self, failure: Failure) -> None:
+        await self._queue(failure.job())
+
+    async def resumed(self, resumed: Resumed) -> None:
+        await self._queue(resumed.job())
+
+    async def _queue(self, job: Job, routing_key: str | None = None) -> None:
+        assert self._publisher is not None, "Outbox.start() first"
+        await self._publisher.default_exchange.publish(
+            aio_pika.Message(orjson.dumps(job), content_type="application/json",
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=routing_key or self._topo.notify, mandatory=True,
+        )
+        if routing_key is None:
+            self.jobs[str(job.get("job"))] += 1
+            log.info("notify.queued", client_id=job.get("client_id"),
+                     message_id=job.get("message_id"), type=job.get("type"), job=job.get("job"))
+
+    # -- shared by both consumers ------------------------------------------------
+
+    async def _guarded(self, message: AbstractIncomingMessage, work: Any) -> None:
+        if self._stopping:
+            return  # not started: handed back when the channel closes
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            job = orjson.loads(message.body)
+            if not isinstance(job, dict):
+                raise TypeError("not a JSON object")
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            log.error("notify.bad_job", error=str(exc), queue=message.routing_key)
+            await message.ack()
+            return
+        try:
+            await work(job)
+            await message.ack()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning("notify.interrupted", client_id=job.get("client_id"),
+                        message_id=job.get("message_id"), error=repr(exc))
+        except Exception:
+            log.exception("notify.crashed", client_id=job.get("client_id"),
+                          message_id=job.get("message_id"))
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                await message.nack(requeue=True)
+        finally:
+            self._running.discard(task)
+
+    # -- 2. decide (one replica at a time) ---------------------------------------
+
+    async def _on_job(self, message: AbstractIncomingMessage) -> None:
+        await self._guarded(message, self._decide)
+
+    async def _decide(self, job: Job) -> None:
+        client_id = str(job.get("client_id") or "")
+        config = self._clients().get(client_id)
+        emails = config.notify_emails if config else []
+        to, cc = mail.recipients(emails, self._settings.admin_email_list)
+        has_webhook = config is not None and config.webhook_url is not None
+        now = time.time()
+        memory = self._state.view.notify.get(client_id)
+        plan = decide(memory, job, now, self._rules, has_email=bool(to), has_webhook=has_webhook)
+        if plan.email is not None:
+            digest = (memory or {}).get("digest") if plan.email == "digest" else None
+            rendered = mail.render(plan.email, job, client_name=config.name if config else "",
+                                   to=to, cc=cc, settings=self._settings, digest=digest)
+            await self._deliver_later({"channel": "email", "mail": rendered.as_dict()}, job, now)
+        if plan.webhook:
+            await self._deliver_later(self._webhook_delivery(job), job, now)
+        if plan.open_window:
+            until = plan.record["window_until"]
+            await self._queue({"job": "digest", "id": f"digest:{client_id}:{until}",
+                               "client_id": client_id, "due": until},
+                              routing_key=self._topo.delay_queue(self._rules.digest_window,
+                                                                 self._topo.notify))
+        await self._remember(plan, job, client_id, now)
+        log.info("notify.decided", client_id=client_id,
+                 message_id=job.get("message_id"), type=job.get("type"), job=job.get("job"),
+                 outcome=plan.why, email=plan.email, webhook=plan.webhook)
+
+    async def _remember(self, plan: Plan, job: Job, client_id: str, now: float) -> None:
+        if not plan.record:
+            return
+        record = {**plan.record, "client_id": client_id, "id": job.get("id"), "t": now}
+        if plan.digest_add:
+            record["entry"] = digest_entry(job)
+        await self._state.append(record)
+        await self._state.sync()  # the next decision must see this one
+
+    @staticmethod
+    def _webhook_delivery(job: Job) -> Job:
+        kind = str(job.get("job"))
+        data = {k: job.get(k) for k in ("type", "queue", "error", "attempts", "at", "summary",
+                                         "how", "actor") if job.get(k) is not None}
+        if kind == "failed":
+            data["final"] = True
+        return {"channel": "webhook", "event": _EVENTS[kind], "message_id": job.get("message_id"),
+                "data": data}
+
+    async def _deliver_later(self, delivery: Job, job: Job, now: float) -> None:
+        """Hand a delivery to the senders (any replica)."""
+        channel = delivery["channel"]
+        delivery |= {"id": f"{job.get('id')}:{channel}", "client_id": job.get("client_id"),
+                     "about": job.get("message_id"), "type": job.get("type"),
+                     "created": now, "attempt": 0}
+        await self._queue(delivery, routing_key=self._topo.notify_send)
+
+    # -- 3. send (every replica) -------------------------------------------------
+
+    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+        await self._guarded(message, self._send)
+
+    async def _send(self, delivery: Job) -> None:
+        fields: dict[str, Any] = {
+            "client_id": delivery.get("client_id"), "message_id": delivery.get("about"),
+            "type": delivery.get("type"), "channel": delivery.get("channel"),
+            "attempt": int(delivery.get("attempt") or 0) + 1,
+        }
+        try:
+            await self._send_once(delivery)
+        except (mail.MailError, webhooks.WebhookError) as exc:
+            await self._after_failure(delivery, exc, fields)
+            return
+        self.deliveries[str(fields["channel"]), "sent"] += 1
+        log.info("notify.sent", **fields)
+
+    async def _send_once(self, delivery: Job) -> None:
+        if delivery.get("channel") == "email":
+            await mail.send(mail.Mail.from_dict(delivery["mail"]), self._settings)
+            return
+        config = self._clients().get(str(delivery.get("client_id")))
+        if config is None or config.webhook_url is None or config.webhook_secret is None:
+            raise webhooks.WebhookError("the client has no webhook_url any more", permanent=True)
+        raw = webhooks.body(str(delivery["event"]), str(delivery["client_id"]),
+                            delivery.get("message_id"), delivery.get("data") or {})
+        await webhooks.post(self._http, config.webhook_url,
+                            config.webhook_secret.get_secret_value(), raw,
+                            self._settings.webhook_timeout)
+
+    async def _after_failure(self, delivery: Job, exc: mail.MailError | webhooks.WebhookError,
+                             fields: dict[str, Any]) -> None:
+        attempt = fields["attempt"]
+        age = time.time() - float(delivery.get("created") or 0)
+        if exc.permanent or age > self._settings.notify_max_age:
+            self.deliveries[str(fields["channel"]), "given_up"] += 1
+            log.error("notify.given_up", **fields, error=str(exc),
+                      reason="permanent" if exc.permanent else "too old")
+            return
+        delays = self._settings.notify_delays
+        delay = delays[min(attempt, len(delays)) - 1]
+        await self._queue({**delivery, "attempt": attempt},
+                          routing_key=self._topo.delay_queue(delay, self._topo.notify_send))
+        self.deliveries[str(fields["channel"]), "retried"] += 1
+        log.warning("notify.retry_later", **fields, delay_s=delay, error=str(exc))

@@ -1,0 +1,72 @@
+"""Signed webhooks (SPEC section 7).
+
+The body is `{"event", "client_id", "message_id", "data"}` as JSON; the
+header `X-S2S-Signature: sha256=<hex>` is the HMAC-SHA256 of the raw body
+with the client's webhook secret. `sign` and `verify` are pure; `post` does
+the I/O and says whether a failure is worth retrying (SPEC section 7's rule:
+408, 429, 5xx, timeouts and connection errors are transient).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import aiohttp
+import orjson
+
+SIGNATURE_HEADER = "X-S2S-Signature"
+
+
+def body(event: str, client_id: str, message_id: str | None, data: dict[str, Any]) -> bytes:
+    """The raw webhook body (the bytes that are signed)."""
+    return orjson.dumps({"event": event, "client_id": client_id, "message_id": message_id,
+                         "data": data})
+
+
+def sign(secret: str, raw: bytes) -> str:
+    """`sha256=<hex HMAC-SHA256 of raw with secret>`."""
+    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, raw: bytes, header: str | None) -> bool:
+    """True when `header` is the signature of `raw` (constant-time compare)."""
+    return header is not None and hmac.compare_digest(sign(secret, raw), header)
+
+
+class WebhookError(Exception):
+    """The receiver did not take the webhook; `permanent` when trying again cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def _host(url: str) -> str:
+    """Scheme, host and port only: a URL may hold a token in its path or query."""
+    parts = url.split("/")
+    return "/".join(parts[:3]) if len(parts) >= 3 else "the webhook URL"
+
+
+async def post(session: aiohttp.ClientSession, url: str, secret: str, raw: bytes,
+               timeout: float) -> None:
+    """POST `raw` signed with `secret` to `url`.
+
+    Raises:
+        WebhookError: quoting the status and the start of the body, never the URL's path.
+    """
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, raw),
+               "User-Agent": "s2s-queue"}
+    try:
+        async with session.post(url, data=raw, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if 200 <= resp.status < 300:
+                return
+            start = (await resp.text(errors="replace"))[:200]
+            permanent = resp.status < 500 and resp.status not in (408, 429)
+            raise WebhookError(f"webhook {_host(url)} answered HTTP {resp.status}: {start}",
+                               permanent=permanent)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise WebhookError(f"webhook {_host(url)}: {type(exc).__name__}: {exc}",
+                           permanent=False) from None

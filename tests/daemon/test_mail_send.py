@@ -1,0 +1,67 @@
+"""Sending mail over a real SMTP server on loopback: login, refusals, and no secret in errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon import mail
+from daemon.settings import Settings
+from tests.sinks import MailSink
+from tests.support import free_port
+
+PASSWORD = "hunter2-smtp-secret"
+MAIL = mail.Mail(("ops@acme.example",), ("admin@s2s.example",), "subject", "text body",
+                 "<p>html body</p>", "parked:acme:m1:t")
+
+
+def settings(port: int, **kw) -> Settings:
+    return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_from="s2s@x.example",
+                    _env_file=None, **kw)
+
+
+async def test_a_mail_arrives_with_both_parts_and_every_recipient():
+    sink = MailSink()
+    sink.start()
+    try:
+        await mail.send(MAIL, settings(sink.port))
+    finally:
+        sink.stop()
+    [got] = sink.mails
+    assert sorted(got.rcpt) == ["admin@s2s.example", "ops@acme.example"]
+    assert got.sender == "s2s@x.example"
+    assert (got.part("plain").strip(), got.part("html").strip()) == ("text body",
+                                                                      "<p>html body</p>")
+
+
+async def test_login_is_used_when_a_username_is_set():
+    sink = MailSink(password=PASSWORD)
+    sink.start()
+    try:
+        await mail.send(MAIL, settings(sink.port, smtp_username="s2s", smtp_password=PASSWORD))
+    finally:
+        sink.stop()
+    assert sink.logins == [("s2s", PASSWORD)]
+    assert len(sink.mails) == 1
+
+
+async def test_a_wrong_password_is_an_error_that_does_not_show_it():
+    sink = MailSink(password="the-right-one")
+    sink.start()
+    try:
+        with pytest.raises(mail.MailError) as caught:
+            await mail.send(MAIL, settings(sink.port, smtp_username="s2s",
+                                           smtp_password=PASSWORD))
+    finally:
+        sink.stop()
+    assert PASSWORD not in str(caught.value)
+    assert str(caught.value).startswith("SMTP 535")
+    assert sink.mails == []
+
+
+async def test_smtp_down_is_a_transient_error_naming_the_server_not_the_password():
+    port = free_port()
+    with pytest.raises(mail.MailError) as caught:
+        await mail.send(MAIL, settings(port, smtp_username="s2s", smtp_password=PASSWORD))
+    assert caught.value.permanent is False
+    assert f"SMTP server 127.0.0.1:{port}" in str(caught.value)
+    assert PASSWORD not in str(caught.value)

@@ -1,0 +1,197 @@
+"""Failure notifications end to end: real broker, real SMTP server, real webhook receiver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.sinks import HookSink, MailSink, hook_sink, mail_sink
+from tests.support import (
+    Broker,
+    FakeShop,
+    clients_toml,
+    free_port,
+    running,
+    settings_for,
+    stays,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(90)
+SECRET = "hook-secret"
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[MailSink]:
+    async with mail_sink() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[HookSink]:
+    async with hook_sink(SECRET) as sink:
+        yield sink
+
+
+def _settings(prefix: str, tmp_path: Path, shop: FakeShop, smtp: MailSink, hooks: HookSink,
+              **kw):
+    """acme and globex mail their ops and get webhooks; initech has neither."""
+    extra = {c: f'notify_emails = ["ops@{c}.example"]\nwebhook_url = "{hooks.url}/{c}"\n'
+                f'webhook_secret = "{SECRET}"' for c in ("acme", "globex")}
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, ["acme", "globex", "initech"], **extra))
+    kw.setdefault("nonblocking_retry_delays", "0.3")
+    kw.setdefault("notify_retry_delays", "0.3,0.6")
+    return settings_for(prefix, tmp_path, clients_file=path, admin_emails="admin@s2s.example",
+                        console_url="https://queue.example", **smtp.settings(), **kw)
+
+
+async def test_a_park_after_three_attempts_sends_exactly_one_mail_and_one_webhook(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """Three 503s park acme: one mail to its ops (admins copied) saying what, why and what to do."""
+    shop.script["ABC-1"] = [503, 503, 503]
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks)):
+        await amqp.publish("acme", "ABC-1", message_id="m-park")
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the park mail")
+        await wait_until(lambda: len(hooks.hooks) == 1, 20, "the park webhook")
+        await stays(lambda: len(smtp.mails) == 1 and len(hooks.hooks) == 1, 1.0,
+                    "a second notification for one park")
+    [mail] = smtp.mails
+    assert sorted(mail.rcpt) == ["admin@s2s.example", "ops@acme.example"]
+    assert (mail.message["To"], mail.message["Cc"]) == ("ops@acme.example", "admin@s2s.example")
+    assert mail.subject == "[s2s-queue] acme Ltd: queue stopped at SKU ABC-1"
+    text = mail.part("plain")
+    error = 'PUT /acme/products/ABC-1 → HTTP 503: {"message":"sku rejected by the shop"}'
+    for fact in ("acme Ltd (acme)", "SKU ABC-1", "product.sync", "m-park", "Attempts:    3",
+                 "blocking (strict order)", error, "https://queue.example/clients/acme",
+                 "s2s-queue retry acme --message-id m-park"):
+        assert fact in text, f"{fact!r} missing from:\n{text}"
+    assert "https://queue.example/clients/acme" in mail.part("html")
+    [hook] = hooks.hooks
+    assert hook.signed
+    assert (hook.body["event"], hook.body["client_id"], hook.body["message_id"]) == (
+        "client.parked", "acme", "m-park")
+    assert (hook.body["data"]["error"], hook.body["data"]["attempts"]) == (error, 3)
+
+
+async def test_a_retry_that_fails_again_is_quiet_and_the_resume_is_a_webhook_only(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """A failed retry within the quiet period sends nothing; skip → a resume webhook, no mail."""
+    shop.always["X"] = 422
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks)):
+        await amqp.publish("acme", "X")
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the park mail")
+        answer = await amqp.control(action="retry", client_id="acme")
+        assert answer["outcome"] == "failed"
+        await amqp.control(action="skip", client_id="acme", reason="bad data")
+        await wait_until(lambda: bool(hooks.events("client.resumed")), 20, "the resume webhook")
+        await stays(lambda: len(smtp.mails) == 1, 1.0, "a mail for the retry or the resume")
+    assert [h.body["event"] for h in hooks.hooks] == ["client.parked", "client.resumed"]
+    assert hooks.hooks[1].body["data"]["how"] == "skip"
+    assert all(h.signed for h in hooks.hooks)
+
+
+async def test_a_final_non_blocking_failure_sends_one_mail_with_why_it_failed(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    shop.always["1001"] = 422
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks)):
+        await amqp.order("globex", "1001")
+        await wait_until(lambda: len(smtp.mails) == 1 and len(hooks.hooks) == 1, 20,
+                         "the failure mail and webhook")
+        await stays(lambda: len(smtp.mails) == 1, 0.8, "a second mail")
+    [mail] = smtp.mails
+    assert mail.subject == "[s2s-queue] globex Ltd: order 1001 failed"
+    text = mail.part("plain")
+    for fact in ("order.add_to_source", "Message id:  1001", "non-blocking", "HTTP 422",
+                 "s2s-queue failed retry 1001", "https://queue.example/failed?client_id=globex"):
+        assert fact in text, f"{fact!r} missing from:\n{text}"
+    assert hooks.hooks[0].body["event"] == "item.failed"
+    assert hooks.hooks[0].body["data"]["final"] is True
+
+
+async def test_fifty_failures_in_a_window_give_the_first_mail_and_one_digest(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """A storm: the first failure is mailed at once, the other 49 in one digest after the window."""
+    for n in range(50):
+        shop.always[f"O{n}"] = 422
+    window = 4.0
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks,
+                                 notify_digest_window=window)):
+        started = time.monotonic()
+        for n in range(50):
+            await amqp.order("acme", f"O{n}")
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the first failure mail")
+        await wait_until(lambda: len(hooks.events("item.failed")) == 50, 20, "50 webhooks")
+        assert time.monotonic() - started < window, "the storm took longer than the window"
+        await wait_until(lambda: len(smtp.mails) == 2, window + 10, "the digest")
+        await stays(lambda: len(smtp.mails) == 2, window + 1, "a third mail after the digest")
+    first, digest = smtp.mails
+    assert first.subject == "[s2s-queue] acme Ltd: order O0 failed"
+    assert digest.subject == "[s2s-queue] acme Ltd: 49 more failed items"
+    text = digest.part("plain")
+    assert "order.add_to_source: 49 failed" in text
+    assert "The first 20:" in text
+    assert text.count("HTTP 422") == 20
+
+
+async def test_with_smtp_down_parks_and_other_clients_go_on_and_the_mail_comes_later(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """Parks and items are on time with SMTP down; the log and /metrics show the retries."""
+    smtp.stop()
+    shop.always["X"] = 422
+    port = free_port()
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks, http_port=port)) as sup:
+        await amqp.publish("acme", "X")
+        started = time.monotonic()
+        for n in range(20):
+            await amqp.publish("globex", f"G{n}")
+        await amqp.wait_event("client.parked", "acme")
+        await wait_until(lambda: len(shop.skus("globex")) == 20, 10, "globex's 20 items")
+        took = time.monotonic() - started
+        outbox = sup.outbox
+        assert outbox is not None
+        await wait_until(lambda: outbox.count("retried") >= 2, 20, "delivery retries")
+        assert smtp.mails == []
+        assert took < 5, f"globex took {took:.1f} s with SMTP down"
+        down = await _metrics(port)
+        smtp.start()
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the mail once SMTP is back")
+        await stays(lambda: len(smtp.mails) == 1, 1.5, "the mail sent twice")
+        up = await _metrics(port)
+    assert down['s2s_notification_deliveries_total{channel="email",outcome="retried"}'] >= 2
+    assert 's2s_notification_deliveries_total{channel="email",outcome="sent"}' not in down
+    assert up['s2s_notification_deliveries_total{channel="email",outcome="sent"}'] == 1
+    assert up['s2s_notification_jobs_total{job="parked"}'] == 1
+    assert up["s2s_notification_backlog"] == 0
+    assert smtp.mails[0].subject == "[s2s-queue] acme Ltd: queue stopped at SKU X"
+    assert len(hooks.events("client.parked", "acme")) == 1
+
+
+async def _metrics(port: int) -> dict[str, float]:
+    """GET /metrics (no token needed) as {sample with labels: value}."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+async def test_a_client_without_addresses_mails_only_the_admins_and_gets_no_webhook(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    shop.always["X"] = 400
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks)):
+        await amqp.publish("initech", "X")
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the admin mail")
+        await stays(lambda: not hooks.hooks, 0.5, "a webhook for a client without one")
+    assert smtp.mails[0].rcpt == ["admin@s2s.example"]
+    assert smtp.mails[0].message["Cc"] is None
