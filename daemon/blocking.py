@@ -15,7 +15,6 @@ held again without running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -315,9 +314,15 @@ class BlockingConsumer:
             log.warning("notify.not_queued", client_id=self.client_id, message_id=mid,
                         type=type_, error=repr(exc))
             return
-        with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+        try:
             await self._rt.state.append({"kind": "announced", "client_id": self.client_id,
                                          "message_id": mid, "failed_at": record["failed_at"]})
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            # The next holder announces it again; the outbox sends it once.
+            log.warning("park.announce_not_recorded", client_id=self.client_id,
+                        message_id=mid, type=type_, error=repr(exc))
+            return
+        log.info("park.announced", client_id=self.client_id, message_id=mid, type=type_)
 
     # -- admin actions ---------------------------------------------------------
 

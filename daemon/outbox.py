@@ -21,7 +21,10 @@ So an SMTP server that is down delays mail, visible in the log as
 `notify.retry_later`, while parking and items go on. Pending notifications
 are messages in the broker: they outlive a restart, and a graceful stop
 finishes or hands back each delivery, so none is sent twice because of it.
-A `kill -9` between sending and acking may send one again (at-least-once).
+Each sent delivery's id goes to the state log before its ack, and a sender
+checks it first, so a crash after sending (even a decision redone after a
+crash) does not send again; only a `kill -9` in the instant between the SMTP
+server's acceptance and that record may (at-least-once).
 """
 
 from __future__ import annotations
@@ -246,11 +249,19 @@ class Outbox:
             "type": delivery.get("type"), "channel": delivery.get("channel"),
             "attempt": int(delivery.get("attempt") or 0) + 1,
         }
+        client_id, delivery_id = str(delivery.get("client_id")), delivery.get("id")
+        await self._state.sync()
+        if delivery_id in (self._state.view.notify.get(client_id) or {}).get("done", {}):
+            log.info("notify.already_sent", **fields)  # a redelivery after a crash
+            return
         try:
             await self._send_once(delivery)
         except (mail.MailError, webhooks.WebhookError) as exc:
             await self._after_failure(delivery, exc, fields)
             return
+        # Remembered before the ack: a crash in between does not send it again.
+        await self._state.append({"kind": "notified", "client_id": client_id,
+                                  "id": delivery_id, "t": time.time()})
         self.deliveries[str(fields["channel"]), "sent"] += 1
         log.info("notify.sent", **fields)
 

@@ -225,12 +225,12 @@ class Broker:
             await asyncio.sleep(wait)
         return answers
 
-    async def queue_job(self, job: dict[str, Any]) -> None:
-        """Queue a notification job as the daemon's consumers do."""
+    async def queue_job(self, job: dict[str, Any], queue: str | None = None) -> None:
+        """Queue a notification job (or, given `queue`, a delivery) as the daemon does."""
         async with self.connection.channel(publisher_confirms=True) as channel:
             await channel.default_exchange.publish(
                 aio_pika.Message(orjson.dumps(job), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=self.topo.notify)
+                routing_key=queue or self.topo.notify)
 
     def named(self, event: str, client: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -78,6 +79,10 @@ async def test_a_parked_client_recovered_after_kill_9_sends_nothing_new(
         await amqp.publish("acme", "X")
         await wait_until(lambda: len(smtp.mails) == 1 and len(hooks.hooks) == 1, 20,
                          "the park mail and webhook")
+        # Recovery is the point here, not a crash mid-notification: kill once both
+        # deliveries and the announce are recorded (acks may still be in flight).
+        await wait_until(lambda: first.count("notify.sent") == 2
+                         and first.count("park.announced") == 1, 10, "the records")
         first.signal(signal.SIGKILL)
         await first.wait_exit(10)
     async with daemon_process(env, tmp_path / "second.log") as second:
@@ -104,5 +109,24 @@ async def test_an_announce_repeated_after_a_crash_is_decided_as_a_duplicate(
             await amqp.queue_job(job)
         await wait_until(lambda: daemon.count("notify.decided", job="parked") == 2, 20,
                          "both copies decided")
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the mail")
         await stays(lambda: len(smtp.mails) == 1, 1.0, "the duplicate mailed")
     assert [line["outcome"] for line in daemon.logged("notify.decided")] == ["sent", "duplicate"]
+
+
+async def test_a_delivery_handed_out_twice_is_sent_once(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """A mail redelivered after a crash (sent, recorded, not acked) goes out once."""
+    env = _env(prefix, tmp_path, shop, smtp, hooks)
+    delivery = {"channel": "email", "id": "parked:acme:m-1:t:email", "client_id": "acme",
+                "about": "m-1", "type": "product.sync", "created": time.time(), "attempt": 0,
+                "mail": {"to": ["ops@acme.example"], "cc": [], "subject": "s", "text": "t",
+                         "html": "<p>h</p>", "ref": "parked:acme:m-1:t"}}
+    async with daemon_process(env, tmp_path / "daemon.log") as daemon:
+        await daemon.wait_logged("daemon.ready")
+        await amqp.queue_job(delivery, queue=amqp.topo.notify_send)
+        await wait_until(lambda: daemon.count("notify.sent") == 1, 20, "the first send")
+        await amqp.queue_job(delivery, queue=amqp.topo.notify_send)
+        await wait_until(lambda: daemon.count("notify.already_sent") == 1, 20, "the second")
+        await stays(lambda: len(smtp.mails) == 1, 0.5, "the mail sent twice")
