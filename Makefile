@@ -1,7 +1,7 @@
 # s2s-queue: build, run and check.
 #
 #   make run     local broker + the daemon with examples/demo.toml
-#   make test    ruff, mypy and pytest against the local broker
+#   make test    ruff, mypy and pytest against the local broker (and headless chromium)
 #   make check   ruff and mypy only (no broker needed)
 #   make bench   the blocking-queue benchmark
 #   make clean   remove the virtualenv and caches
@@ -22,7 +22,7 @@ STAMP := $(VENV)/.installed
 CONFIG := examples/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: help venv broker run test check bench clean
+.PHONY: help venv broker browser run test check bench clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -40,6 +40,9 @@ venv: $(STAMP)
 broker:
 	scripts/ensure-rabbitmq.sh
 
+browser:
+	scripts/ensure-chromium.sh
+
 run: venv broker
 	@echo
 	@echo "  s2s-queue demo (settings: $(CONFIG), clients: examples/clients.toml)"
@@ -52,7 +55,7 @@ run: venv broker
 	@echo
 	exec $(BIN)/s2s-queue --config $(CONFIG) run
 
-test: venv broker
+test: venv broker browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -197,4 +197,7 @@ def build_app(supervisor: Supervisor) -> web.Application:
     app.router.add_post("/api/v1/failed/{message_id}/{action}", failed_action)
     app.router.add_get("/api/v1/unrouted", list_unrouted)
     app.router.add_post("/api/v1/unrouted/{client_id}/replay", replay_unrouted)
+    from daemon.http.console import add_routes
+
+    add_routes(app)
     return app

@@ -1,0 +1,239 @@
+"""The web console in headless Chromium (Debian's), driven by Playwright, against a real daemon.
+
+Set S2SQ_SCREENSHOTS=docs/console to save the screenshots committed under docs/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.support import (
+    Broker,
+    FakeShop,
+    clients_toml,
+    free_port,
+    running,
+    settings_for,
+    stays,
+    wait_until,
+)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                       reason="Debian's chromium is not installed (make test installs it)"),
+]
+ADMIN_TOKEN = "admin-token"
+ACME_TOKEN = "acme-console-token"
+SHOTS = os.environ.get("S2SQ_SCREENSHOTS")  # Playwright makes the folder
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+def console_settings(prefix, tmp_path, shop: FakeShop):
+    digest = hashlib.sha256(ACME_TOKEN.encode()).hexdigest()
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, ["acme", "globex"],
+                                 acme=f'console_token_sha256 = "{digest}"'))
+    return settings_for(prefix, tmp_path, clients_file=path, http_port=free_port(),
+                        admin_token=ADMIN_TOKEN, nonblocking_retry_delays="0.3")
+
+
+async def _login(browser: Browser, base: str, token: str) -> Page:
+    page = await (await browser.new_context(viewport={"width": 1200, "height": 900})).new_page()
+    await page.goto(base + "/clients")
+    await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    await page.get_by_label("Your access token").fill(token)
+    await page.get_by_role("button", name="Log in").click()
+    return page
+
+
+async def _shot(page: Page, name: str) -> None:
+    if SHOTS:
+        await page.screenshot(path=f"{SHOTS}/{name}.png", full_page=True)
+
+
+def _base(settings: Any) -> str:
+    return f"http://127.0.0.1:{settings.http_port}"
+
+
+async def test_admin_retries_a_parked_client_then_skips_an_item_with_a_reason(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """Log in, see acme parked, retry (it succeeds), skip the next failure with a reason."""
+    shop.script["X"] = [422]
+    shop.always["Y"] = 422
+    base = _base(console_settings)
+    async with running(console_settings):
+        for sku in ("X", "Y", "Z"):
+            await amqp.publish("acme", sku)
+        await amqp.wait_event("client.parked", "acme")
+        page = await _login(browser, base, ADMIN_TOKEN)
+        row = page.get_by_role("row").filter(has_text="acme Ltd")
+        await expect(row).to_contain_text("parked")
+        await expect(row).to_contain_text("HTTP 422")
+        await _shot(page, "clients")
+        await page.get_by_role("link", name="acme", exact=True).click()
+        await expect(page.get_by_role("heading", name="Parked item")).to_be_visible()
+        await expect(page.locator(".error")).to_contain_text("PUT /acme/products/X → HTTP 422")
+        await expect(page.locator("pre.payload").first).to_contain_text('"sku": "X"')
+        await expect(page.get_by_text("2 items wait behind the parked item")).to_be_visible()
+        await _shot(page, "client-parked")
+        await page.get_by_role("button", name="Retry…").click()
+        await expect(page.get_by_role("heading", name="Retry item of acme?")).to_be_visible()
+        await page.get_by_role("button", name="Yes, retry").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Retried X: it succeeded. acme runs again.")
+        await amqp.wait_event("client.parked", "acme", count=2)
+        await page.reload()
+        await expect(page.locator(".error")).to_contain_text("/Y → HTTP 422")
+        await page.get_by_role("button", name="Skip…").click()
+        await page.get_by_label("Reason (optional)").fill("bad price, fixed in the ERP")
+        await _shot(page, "confirm-skip")
+        await page.get_by_role("button", name="Yes, skip").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Skipped Y (kept in the archive). acme runs again.")
+        await expect(page.locator("h1 .state")).to_have_text("running")
+        await wait_until(lambda: "Z" in shop.skus("acme"), 15, "acme to run Z")
+    [skipped] = amqp.named("item.skipped", "acme")
+    assert (skipped["message_id"], skipped["actor"], skipped["reason"]) == (
+        "Y", "admin", "bad price, fixed in the ERP")
+    [retried] = [e for e in amqp.named("client.resumed", "acme") if e["how"] == "retry"]
+    assert retried["actor"] == "admin"
+    assert shop.skus("acme") == ["X", "X", "Y", "Z"]
+
+
+async def test_a_client_sees_its_own_queue_and_no_trace_of_others(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    shop.always["G1"] = 422
+    for order in ("A-1", "G-1"):
+        shop.always[order] = 422
+    base = _base(console_settings)
+    async with running(console_settings):
+        await amqp.publish("globex", "G1")
+        await amqp.order("acme", "A-1")
+        await amqp.order("globex", "G-1")
+        await amqp.wait_event("client.parked", "globex")
+        await amqp.wait_event("item.failed", "globex")
+        await amqp.wait_event("item.failed", "acme")
+        page = await _login(browser, base, ACME_TOKEN)
+        await expect(page.get_by_role("heading", name="acme")).to_be_visible()
+        seen = [await page.content()]
+        for path in ("/clients", "/clients?state=parked", "/failed", "/unrouted"):
+            await page.goto(base + path)
+            seen.append(await page.content())
+        await expect(page.get_by_role("heading", name="Unrouted items")).to_be_visible()
+        await page.goto(base + "/failed")
+        await expect(page.get_by_role("row").filter(has_text="A-1")).to_have_count(1)
+        await _shot(page, "failed-as-client")
+        response = await page.goto(base + "/clients/globex")
+        assert response is not None
+        assert response.status == 404
+        seen.append(await page.content())
+        response = await page.goto(base + "/failed?client_id=globex")
+        assert response is not None
+        assert response.status == 404
+    assert not [html for html in seen if "globex" in html.replace("client 'globex'", "")]
+    assert "client 'globex' is not registered" in seen[-1]
+
+
+async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    base = _base(console_settings)
+    async with running(console_settings) as sup:
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await expect(page.get_by_role("heading", name="Clients")).to_be_visible()
+        [cookie] = [c for c in await page.context.cookies() if c["name"] == "s2s_session"]
+        assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+        forms: list[dict[str, str | float | bool]] = [{}, {"csrf": "forged"}]
+        for form in forms:
+            refused = await page.context.request.post(base + "/clients/acme/pause", form=form)
+            assert refused.status == 403
+            assert "did not come from your console session" in await refused.text()
+        await stays(lambda: not sup.consumers["acme"].paused, 0.5, "acme was paused")
+        await page.goto(base + "/clients/acme")
+        await page.get_by_role("button", name="Pause").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "acme is paused: it stops after its current item.")
+        await page.get_by_role("button", name="Log out").click()
+        await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+        response = await page.goto(base + "/clients")
+        assert response is not None
+        assert response.url.endswith("/login")
+
+
+async def test_failed_items_are_filtered_and_a_selection_is_retried_or_skipped(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    for order in ("O1", "O2", "O3"):
+        shop.always[order] = 422
+    base = _base(console_settings)
+    async with running(console_settings) as sup:
+        for order in ("O1", "O2", "O3"):
+            await amqp.order("acme", order)
+        await amqp.order("globex", "G9")
+        await wait_until(lambda: len(sup.ops.failed()) == 3, 15, "three failed orders")
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/failed")
+        await page.get_by_label("Client").select_option("acme")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.get_by_role("checkbox")).to_have_count(3)
+        await _shot(page, "failed")
+        for order in ("O1", "O2"):
+            shop.always.pop(order)
+            await page.get_by_label(f"select {order}").check()
+        await page.get_by_role("button", name="Retry selected…").click()
+        await expect(page.get_by_role("heading", name="Retry 2 items?")).to_be_visible()
+        await page.get_by_role("button", name="Yes, retry").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Sent back to run: O1, O2 (2 items).")
+        await wait_until(lambda: shop.skus("acme").count("O1") == 2
+                         and shop.skus("acme").count("O2") == 2, 15, "O1 and O2 to run again")
+        await page.reload()
+        await expect(page.get_by_role("checkbox")).to_have_count(1)
+        await page.get_by_role("button", name="Skip…").click()
+        await page.get_by_role("button", name="Yes, skip").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Skipped (kept in the archive): O3 (1 item).")
+        await expect(page.get_by_text("No failed items for acme.")).to_be_visible()
+    assert sup.ops.failed() == []
+
+
+async def test_unrouted_items_are_replayed_in_order_after_registering_the_client(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    base = _base(console_settings)
+    async with running(console_settings) as sup:
+        for n in range(3):
+            await amqp.publish("newco", type_="system.noop", payload={}, message_id=f"N{n}")
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/unrouted")
+        await expect(page.get_by_role("heading", name="newco (3 items)")).to_be_visible()
+        await _shot(page, "unrouted")
+        await page.get_by_role("button", name="Register newco and replay").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Replayed 3 items to newco, in their original order.")
+        await expect(page.get_by_text("No unrouted items.")).to_be_visible()
+        await amqp.wait_event("item.succeeded", "newco", count=3)
+        assert "newco" in sup.consumers
+    assert [e["message_id"] for e in amqp.named("item.succeeded", "newco")] == ["N0", "N1", "N2"]
