@@ -29,6 +29,7 @@ from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
 from daemon.events import Events
 from daemon.leader import Leadership
+from daemon.metrics import ItemMetrics
 from daemon.nonblocking import NonBlockingPool
 from daemon.operations import Operations
 from daemon.outbox import Outbox
@@ -176,8 +177,9 @@ class Supervisor:
             context = HandlerContext(lambda: self.clients, http, per_request)
             outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
                                           lambda: self.clients, http)
-            self._rt = Runtime(self.settings, self.topo, load_handlers(), context, events,
-                               state, outbox, confirm, self.replica)
+            handlers = load_handlers()
+            self._rt = Runtime(self.settings, self.topo, handlers, context, events, state,
+                               outbox, confirm, self.replica, ItemMetrics(handlers))
             await state.start()
             await outbox.start()
             try:

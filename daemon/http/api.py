@@ -13,6 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from daemon.depths import DepthCache
 from daemon.http.auth import Identity, authenticate, bearer_token
 from daemon.operations import OperationError, UnknownClient, UnknownItem
 
@@ -23,6 +24,7 @@ log = structlog.get_logger()
 
 SUPERVISOR = web.AppKey("supervisor", object)
 IDENTITY = web.RequestKey("identity", Identity)
+DEPTHS = web.AppKey("depths", DepthCache)  # client queue depths, cached between scrapes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTIONS = ("retry", "skip", "pause", "resume")
 
@@ -102,10 +104,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text; open like the health checks (no client data in it)."""
+    """Prometheus text; open like the health checks (client ids label the queue depths)."""
     from daemon.metrics import CONTENT_TYPE, render
 
-    body = await render(_sup(request))
+    body = await render(_sup(request), request.app[DEPTHS])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -186,6 +188,7 @@ async def replay_unrouted(request: web.Request) -> web.Response:
 def build_app(supervisor: Supervisor) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
     app[SUPERVISOR] = supervisor
+    app[DEPTHS] = DepthCache()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)
