@@ -57,6 +57,13 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         return error(404, str(exc))
     except OperationError as exc:
         return error(409, str(exc))
+    except web.HTTPException as exc:  # no such route or method: JSON too, under /api/
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        answer = error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+        if "Allow" in exc.headers:
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
 
 
 def _identity(request: web.Request) -> Identity:
@@ -149,7 +156,7 @@ async def list_failed(request: web.Request) -> web.Response:
     identity = _identity(request)
     client_id = request.query.get("client_id") or None
     if client_id is not None and not identity.may_see(client_id):
-        return json_response({"items": []})
+        raise UnknownClient(f"client {client_id!r} is not registered")
     items = _sup(request).ops.failed(client_id if identity.is_admin else identity.client_id)
     return json_response({"items": items})
 
