@@ -43,7 +43,7 @@ def _sup(request: web.Request) -> Supervisor:
 
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate /api/ requests; turn operation errors into JSON answers."""
+    """Authenticate /api/ requests; turn operation errors, and any error under /api/, into JSON."""
     if request.path.startswith("/api/"):
         sup = _sup(request)
         token = bearer_token(request.headers.get("Authorization"))
@@ -64,6 +64,19 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         if "Allow" in exc.headers:
             answer.headers["Allow"] = exc.headers["Allow"]
         return answer
+    except Exception:  # the last resort, as aiohttp's own, but answered in JSON
+        if not request.path.startswith("/api/"):
+            raise
+        return _failed(request)
+
+
+def _failed(request: web.Request) -> web.Response:
+    """An /api/ request that raised: the broker is away (503), or a bug (500, logged)."""
+    if not _sup(request).connected:  # aiormq raises a bare RuntimeError on a closed link
+        log.warning("http.broker_unavailable", method=request.method, path=request.path)
+        return error(503, "not connected to the broker; try again shortly")
+    log.exception("http.crashed", method=request.method, path=request.path)
+    return error(500, "internal error; the daemon's log has the details")
 
 
 def _identity(request: web.Request) -> Identity:
