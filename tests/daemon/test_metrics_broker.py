@@ -10,6 +10,7 @@ from daemon.depths import DepthCache, queue_depths
 from tests.support import (
     Broker,
     FakeShop,
+    broker_proxy,
     clients_toml,
     free_port,
     running,
@@ -87,6 +88,37 @@ async def test_a_scrape_counts_outcomes_and_shows_parks_pauses_failures_unrouted
         's2s_client_queue_depth{client_id="acme"}': 1,  # Y, behind the parked X
         's2s_client_queue_depth{client_id="globex"}': 0,
     }
+
+
+async def test_without_the_broker_a_scrape_serves_counters_and_state_but_no_broker_gauges(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Links cut and new ones refused: counters and state log gauges still answer; depths,
+    unrouted and backlog are left out until the daemon is connected again."""
+    clients = tmp_path / "clients.toml"
+    clients.write_text(clients_toml(shop.url, ["acme"]))
+    port = free_port()
+    async with broker_proxy() as proxy:
+        settings = settings_for(prefix, tmp_path, amqp_url=proxy.url, clients_file=clients,
+                                http_port=port)
+        async with running(settings) as sup:
+            for n in range(3):
+                await amqp.publish("acme", type_="system.noop", payload={}, message_id=f"N{n}")
+            await amqp.wait_event("item.succeeded", "acme", 3)
+            proxy.refusing = True
+            proxy.cut()
+            await wait_until(lambda: not sup.connected, 10, "the daemon to see the link go")
+            down = await scrape(port)
+            proxy.refusing = False
+            await wait_until(lambda: sup.connected, 30, "the daemon to reconnect")
+            up = await scrape(port)
+    succeeded = 's2s_items_total{outcome="succeeded",queue="blocking",type="system.noop"}'
+    assert (down[succeeded], down["s2s_clients"], down["s2s_parked_clients"]) == (3, 1, 0)
+    broker_gauges = ('s2s_client_queue_depth{client_id="acme"}', "s2s_unrouted_items",
+                     "s2s_nonblocking_queue_depth", "s2s_notification_backlog")
+    assert [name for name in broker_gauges if name in down] == []
+    assert [up[name] for name in broker_gauges] == [0, 0, 0, 0]
+    assert up[succeeded] == 3
 
 
 async def test_depths_are_read_side_by_side_and_a_missing_queue_answers_none(amqp: Broker):
