@@ -64,7 +64,7 @@ async def test_while_the_broker_is_unreachable_readyz_and_the_api_say_so(
             await wait_until(lambda: not sup.connected, 10, "the daemon to see the link go")
             down = await _call(base, "GET", "/readyz")
             alive = await _call(base, "GET", "/healthz")
-            listed = await _call(base, "GET", "/api/v1/clients", ADMIN)
+            listed = await _call(base, "GET", "/api/v1/unrouted", ADMIN)
             failed = await _call(base, "GET", "/api/v1/failed", ADMIN)
             proxy.refusing = False
             await wait_until(lambda: sup.connected, 30, "the daemon to reconnect")
@@ -131,6 +131,24 @@ async def test_clients_are_listed_and_shown_with_state_depth_and_parked_item(
     assert acme["parked"]["message_id"] == "X"
     assert set(acme["parked"]) == {"message_id", "type", "error", "attempts", "since", "payload"}
     assert missing == (404, {"ok": False, "error": "client 'nobody' is not registered"})
+
+
+async def test_a_client_whose_queue_was_deleted_shows_no_depth_and_the_rest_still_list(
+    api_settings, amqp: Broker
+):
+    """Someone deleted acme's queue behind the daemon's back: depth null, not a failed list."""
+    async with running(api_settings):
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        await amqp.publish("globex", type_="system.noop", payload={}, message_id="G1")
+        await amqp.wait_event("item.succeeded", "globex")
+        async with amqp.connection.channel() as channel:
+            await channel.queue_delete(amqp.topo.client_queue("acme"))
+        status, body = await _call(base, "GET", "/api/v1/clients", ADMIN)
+        one = await _call(base, "GET", "/api/v1/clients/acme", ADMIN)
+    assert status == 200
+    assert [(c["client_id"], c["depth"]) for c in body["clients"]] == [
+        ("acme", None), ("globex", 0)]
+    assert (one[0], one[1]["depth"]) == (200, None)
 
 
 async def test_actions_over_http_act_like_control_messages(
