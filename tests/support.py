@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import orjson
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
@@ -63,6 +64,16 @@ async def stays(predicate: Callable[[], bool], seconds: float, what: str) -> Non
         await asyncio.sleep(0.02)
 
 
+async def scrape_metrics(port: int) -> dict[str, float]:
+    """GET /metrics (no token needed) as {sample with labels: value}."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = await r.text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 async def close_connection(name: str) -> None:
     """Close the broker connection(s) named `name` from the broker's side (rabbitmqctl)."""
 
@@ -76,61 +87,6 @@ async def close_connection(name: str) -> None:
                            check=True, timeout=30, capture_output=True)
 
     await asyncio.to_thread(run)
-
-
-class BrokerProxy:
-    """A TCP proxy in front of the broker that can cut every link and refuse new ones."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self.refusing = False
-        self._links: set[asyncio.StreamWriter] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusing:
-            writer.close()
-            return
-        host, port = _broker_address()
-        up_reader, up_writer = await asyncio.open_connection(host, port)
-        self._links |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        self._links -= {writer, up_writer}
-
-    def cut(self) -> None:
-        """Close every link now (the broker sees its clients vanish)."""
-        for writer in list(self._links):
-            writer.close()
-
-
-def _broker_address() -> tuple[str, int]:
-    from urllib.parse import urlsplit
-
-    url = urlsplit(AMQP_URL)
-    return url.hostname or "127.0.0.1", url.port or 5672
-
-
-@asynccontextmanager
-async def broker_proxy() -> AsyncIterator[BrokerProxy]:
-    """A BrokerProxy on a free loopback port; its `url` is AMQP_URL through it."""
-    proxy = BrokerProxy()
-    server = await asyncio.start_server(proxy._link, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    host, broker_port = _broker_address()
-    proxy.url = AMQP_URL.replace(f"{host}:{broker_port}", f"127.0.0.1:{port}", 1)
-    assert proxy.url != AMQP_URL, f"cannot route {AMQP_URL} through the proxy"
-    try:
-        yield proxy
-    finally:
-        server.close()
-        proxy.cut()
-        await server.wait_closed()
 
 
 # -- the fake shop (a sales channel speaking the generic HTTP connector) ------------

@@ -7,10 +7,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.proxy import broker_proxy
 from tests.support import (
     Broker,
     FakeShop,
-    broker_proxy,
     clients_toml,
     free_port,
     running,

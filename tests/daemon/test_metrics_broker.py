@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import aio_pika
-import aiohttp
 import pytest
 
 from daemon.depths import DepthCache, queue_depths
+from tests.proxy import broker_proxy
 from tests.support import (
     Broker,
     FakeShop,
-    broker_proxy,
     clients_toml,
     free_port,
     running,
+    scrape_metrics,
     settings_for,
     wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
 N = 5
-
-
-async def scrape(port: int) -> dict[str, float]:
-    """GET /metrics (no token) as {sample with labels: value}."""
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
-        assert r.status == 200
-        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-        text = await r.text()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def family(samples: dict[str, float], prefix: str) -> dict[str, float]:
@@ -59,7 +49,7 @@ async def test_a_scrape_counts_outcomes_and_shows_parks_pauses_failures_unrouted
         await wait_until(lambda: len(sup.state.view.failed) == 2, 15, "two failed orders")
         await sup.ops.skip_failed("SO-2", actor="tester", reason="duplicate")
         await sup.ops.pause("globex", actor="tester")
-        samples = await scrape(port)
+        samples = await scrape_metrics(port)
     assert family(samples, "s2s_items_total") == {
         's2s_items_total{outcome="succeeded",queue="blocking",type="system.noop"}': N,
         's2s_items_total{outcome="failed_transient",queue="blocking",type="product.sync"}': 1,
@@ -108,10 +98,10 @@ async def test_without_the_broker_a_scrape_serves_counters_and_state_but_no_brok
             proxy.refusing = True
             proxy.cut()
             await wait_until(lambda: not sup.connected, 10, "the daemon to see the link go")
-            down = await scrape(port)
+            down = await scrape_metrics(port)
             proxy.refusing = False
             await wait_until(lambda: sup.connected, 30, "the daemon to reconnect")
-            up = await scrape(port)
+            up = await scrape_metrics(port)
     succeeded = 's2s_items_total{outcome="succeeded",queue="blocking",type="system.noop"}'
     assert (down[succeeded], down["s2s_clients"], down["s2s_parked_clients"]) == (3, 1, 0)
     broker_gauges = ('s2s_client_queue_depth{client_id="acme"}', "s2s_unrouted_items",
