@@ -24,10 +24,10 @@ async def run(prefix: str, count: int, queue_type: str) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     names = [f"{prefix}.blocking.c{n}" for n in range(count)]
     async with connection, connection.channel() as channel:
-        for name in names:
-            await channel.declare_queue(name, durable=True,
-                                        arguments={"x-queue-type": queue_type})
         try:
+            for name in names:
+                await channel.declare_queue(name, durable=True,
+                                            arguments={"x-queue-type": queue_type})
             for channels in (1, 2, 4, 8):
                 took = []
                 for _ in range(3):
@@ -39,7 +39,7 @@ async def run(prefix: str, count: int, queue_type: str) -> None:
                 print(f"{channels} channel(s): {seconds:.3f} s for {count} {queue_type} queues,"
                       f" {seconds / count * 1e6:.0f} µs a queue")
         finally:
-            for name in names:
+            for name in names:  # a restarted broker leaves them: rerun with the same prefix
                 await channel.queue_delete(name)
 
 

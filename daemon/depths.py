@@ -3,10 +3,10 @@
 A passive `queue.declare` answers the number of messages *ready* in a queue;
 an item delivered and unacked (running, parked, or held while paused) is not
 counted. A channel answers one synchronous method at a time (aiormq holds a
-lock per channel), 260-280 µs a queue here, so 10,000 client queues one after
-another take almost 3 s; `CHANNELS` channels side by side took 120-215 µs a
-queue on this busy 2-core machine, where the broker is the limit
-(`bench/depths.py`). `DepthCache` keeps an answer for `max_age` seconds, or
+lock per channel), 260-440 µs a queue here, so 10,000 client queues one
+after another take 3-4.5 s; `CHANNELS` channels side by side took 120-230 µs
+a queue on this busy 2-core machine, where the broker is the limit
+(`bench/depths.py`, bench/RESULTS.md). `DepthCache` keeps an answer for `max_age` seconds, or
 `DUTY` times as long as the last walk took if that is longer, so however
 often it is asked, walking the queues takes at most a fifth of the time.
 
