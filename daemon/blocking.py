@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
+from daemon.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED
 from daemon.notifications import Failure, Resumed
 from daemon.runtime import (
     Runtime,
@@ -221,7 +222,8 @@ class BlockingConsumer:
         started = time.monotonic()
         for attempt in range(1, settings.blocking_attempts + 1):
             try:
-                await call_handler(parsed, attempt, self._rt.context, settings.handler_timeout)
+                await call_handler(parsed, attempt, self._rt.context, settings.handler_timeout,
+                                   self._rt.metrics)
             except HandlerError as exc:
                 last = attempt == settings.blocking_attempts or not isinstance(exc, TransientError)
                 if last:
@@ -238,6 +240,7 @@ class BlockingConsumer:
 
     async def _attempt_failed(self, parsed: Parsed, attempt: int, exc: HandlerError) -> None:
         item = parsed.item
+        self._rt.metrics.count(item.type, "blocking", FAILED_TRANSIENT)
         log.info("item.attempt_failed", client_id=self.client_id, message_id=item.message_id,
                  type=item.type, attempt=attempt, error=str(exc))
         await self._rt.events.publish(
@@ -284,6 +287,7 @@ class BlockingConsumer:
             log.exception("state.park_not_recorded", client_id=self.client_id,
                           message_id=message_id)
         self._parked = record
+        self._rt.metrics.count(type_, "blocking", FAILED_FINAL)
         log.warning("item.parked", client_id=self.client_id, message_id=message_id,
                     type=type_, queue="blocking", attempts=attempts, error=error,
                     repeated=since is not None)
@@ -350,7 +354,7 @@ class BlockingConsumer:
                 if isinstance(parsed, BadItem):
                     raise OperationError(parsed.error)
                 await call_handler(parsed, attempts, self._rt.context,
-                                   self._rt.settings.handler_timeout)
+                                   self._rt.settings.handler_timeout, self._rt.metrics)
             except (HandlerError, OperationError) as exc:
                 await self._park(message, record.get("message_id"), record.get("type"), str(exc),
                                  attempts=attempts, parsed=parsed if isinstance(parsed, Parsed)
@@ -372,6 +376,7 @@ class BlockingConsumer:
             if self._head is message:
                 self._head = None
             mid = record.get("message_id")
+            self._rt.metrics.count(record.get("type"), "blocking", SKIPPED)
             log.info("item.skipped", client_id=self.client_id, message_id=mid,
                      type=record.get("type"), queue="blocking", actor=actor, reason=reason)
             await self._rt.events.publish(

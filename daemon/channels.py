@@ -14,7 +14,8 @@ consumer goes back to matters:
   deliveries (`channel_lost`) before it is placed again.
 
 A lost connection (broker restart, network) closes every channel; the pool
-reconnects with back-off and places every consumer again.
+reconnects with back-off and places every consumer again (it reconnects even
+with no consumer to place, so that `connected` comes back).
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class ConsumerChannels:
         if not self._closing:
             log.warning("connection.lost", name=self._name, reason=str(exc) if exc else None)
         self._lose(list(self._groups), exc)
+        if not self._closing and not self._recovering:
+            # No consumer to place again (no clients yet): connect all the same, or
+            # `connected`, and with it the daemon's readiness, would never come back.
+            self._track(asyncio.ensure_future(self._reconnect()))
 
     def _lose(self, groups: list[Group], exc: BaseException | None) -> None:
         """Forget the groups' channels and place their consumers again (each group once)."""
@@ -171,9 +176,26 @@ class ConsumerChannels:
         self._spawn_recovery(consumers)
 
     def _spawn_recovery(self, consumers: list[Placeable]) -> None:
-        task = asyncio.ensure_future(self._recover(consumers))
+        self._track(asyncio.ensure_future(self._recover(consumers)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._recovering.add(task)
         task.add_done_callback(self._recovering.discard)
+
+    async def _reconnect(self) -> None:
+        """Connect again, retrying with back-off, unless a placement did it meanwhile."""
+        for attempt in range(1_000_000):
+            try:
+                async with self._lock:
+                    connection = self._connection
+                    if connection is None or connection.is_closed or not self.connected.is_set():
+                        await self._connect()
+            except Exception as exc:
+                log.info("connection.not_recovered_yet", name=self._name, error=repr(exc))
+                await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            else:
+                log.info("connection.recovered", name=self._name)
+                return
 
     async def _recover(self, consumers: list[Placeable]) -> None:
         """Place each consumer again, retrying with back-off until the broker takes it."""

@@ -30,6 +30,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
+from daemon.metrics import FAILED_FINAL, FAILED_TRANSIENT
 from daemon.notifications import failure_from_record
 from daemon.runtime import Runtime, call_handler, report_success
 from daemon.state import Record, utcnow
@@ -145,7 +146,7 @@ class NonBlockingPool:
         started = time.monotonic()
         try:
             await call_handler(parsed, attempt, self._rt.context,
-                               self._rt.settings.handler_timeout)
+                               self._rt.settings.handler_timeout, self._rt.metrics)
         except HandlerError as exc:
             await self._failed_attempt(message, parsed, exc, attempt, headers)
             return
@@ -209,6 +210,7 @@ class NonBlockingPool:
         )
         await self._rt.publish_confirmed(retry, routing_key=self._rt.topo.delay_queue(delay))
         await message.ack()
+        self._rt.metrics.count(item.type, "nonblocking", FAILED_TRANSIENT)
         log.info("item.retry_later", client_id=item.client_id, message_id=item.message_id,
                  type=item.type, queue="nonblocking", attempt=attempt, delay_s=delay,
                  error=str(exc))
@@ -232,6 +234,7 @@ class NonBlockingPool:
             "failed_at": now, "payload": payload, "message": message_record(message),
         }
         await self._rt.state.append(record)
+        self._rt.metrics.count(type_, "nonblocking", FAILED_FINAL)
         # Queued before the ack: a crash in between redelivers the item, and
         # `_already_failed` queues it again (the outbox sends it once).
         if not await self._notify(message, record):

@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from daemon.blocking import BlockingConsumer, OperationError, UnknownClient
 from daemon.clients import InvalidClientId, validate_client_id
+from daemon.metrics import SKIPPED
 from daemon.notifications import Resumed
 from daemon.runtime import notify_resumed
 from daemon.state import utcnow
@@ -224,6 +225,7 @@ class Operations:
         await self._sup.state.append({"kind": "unfail", "message_id": message_id,
                                       "client_id": client_id, "how": "skip", "actor": actor,
                                       "reason": reason})
+        self._sup.rt.metrics.count(record.get("type"), "nonblocking", SKIPPED)
         await self._sup.rt.events.publish("item.skipped", client_id=client_id,
                                           message_id=message_id, type_=record.get("type"),
                                           queue="nonblocking", actor=actor, reason=reason)

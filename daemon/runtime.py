@@ -16,6 +16,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.events import Events
 from daemon.items import Parsed
+from daemon.metrics import SUCCEEDED, ItemMetrics
 from daemon.notifications import Notifier, Resumed
 from daemon.settings import Settings
 from daemon.state import StateLog
@@ -39,6 +40,7 @@ class Runtime:
     notifier: Notifier
     confirm_channel: AbstractChannel
     replica: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    metrics: ItemMetrics = field(default_factory=ItemMetrics)
 
     async def publish_confirmed(
         self, message: aio_pika.Message, *, routing_key: str, exchange: str = ""
@@ -55,6 +57,7 @@ class Runtime:
 async def report_success(rt: Runtime, parsed: Parsed, attempts: int, started: float) -> None:
     """The one log line and the `item.succeeded` event of an item that succeeded."""
     item = parsed.item
+    rt.metrics.count(item.type, item.queue, SUCCEEDED)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
     log.info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
              type=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms)
@@ -74,8 +77,10 @@ async def notify_resumed(rt: Runtime, resumed: Resumed) -> None:
                     message_id=resumed.message_id, type=resumed.type, error=repr(exc))
 
 
-async def call_handler(parsed: Parsed, attempt: int, context: Context, timeout: float) -> None:
-    """Run one attempt of an item; every failure comes out as a HandlerError.
+async def call_handler(
+    parsed: Parsed, attempt: int, context: Context, timeout: float, metrics: ItemMetrics
+) -> None:
+    """Run one attempt of an item, timed into `metrics`; every failure comes out as a HandlerError.
 
     Raises:
         TransientError: the handler said so, or it ran past `timeout`.
@@ -84,6 +89,7 @@ async def call_handler(parsed: Parsed, attempt: int, context: Context, timeout: 
     item = parsed.item
     if attempt != item.attempt:
         item = Item(item.message_id, item.type, item.client_id, item.payload, item.queue, attempt)
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
             await parsed.handler.func(item, context)
@@ -95,6 +101,8 @@ async def call_handler(parsed: Parsed, attempt: int, context: Context, timeout: 
         log.exception("handler.crashed", client_id=item.client_id, message_id=item.message_id,
                       type=item.type)
         raise PermanentError(f"{item.type} crashed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        metrics.observe(item.type, item.queue, time.perf_counter() - started)
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import orjson
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
@@ -61,6 +62,16 @@ async def stays(predicate: Callable[[], bool], seconds: float, what: str) -> Non
     while time.monotonic() < deadline:
         assert predicate(), what
         await asyncio.sleep(0.02)
+
+
+async def scrape_metrics(port: int) -> dict[str, float]:
+    """GET /metrics (no token needed) as {sample with labels: value}."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = await r.text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 async def close_connection(name: str) -> None:

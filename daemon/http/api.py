@@ -13,6 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from daemon.depths import DepthCache
 from daemon.http.auth import Identity, authenticate, bearer_token
 from daemon.operations import OperationError, UnknownClient, UnknownItem
 
@@ -23,6 +24,7 @@ log = structlog.get_logger()
 
 SUPERVISOR = web.AppKey("supervisor", object)
 IDENTITY = web.RequestKey("identity", Identity)
+DEPTHS = web.AppKey("depths", DepthCache)  # client queue depths, cached between scrapes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTIONS = ("retry", "skip", "pause", "resume")
 
@@ -41,7 +43,7 @@ def _sup(request: web.Request) -> Supervisor:
 
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate /api/ requests; turn operation errors into JSON answers."""
+    """Authenticate /api/ requests; turn operation errors, and any error under /api/, into JSON."""
     if request.path.startswith("/api/"):
         sup = _sup(request)
         token = bearer_token(request.headers.get("Authorization"))
@@ -55,6 +57,26 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         return error(404, str(exc))
     except OperationError as exc:
         return error(409, str(exc))
+    except web.HTTPException as exc:  # no such route or method: JSON too, under /api/
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        answer = error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+        if "Allow" in exc.headers:
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
+    except Exception:  # the last resort, as aiohttp's own, but answered in JSON
+        if not request.path.startswith("/api/"):
+            raise
+        return _failed(request)
+
+
+def _failed(request: web.Request) -> web.Response:
+    """An /api/ request that raised: the broker is away (503), or a bug (500, logged)."""
+    if not _sup(request).connected:  # aiormq raises a bare RuntimeError on a closed link
+        log.warning("http.broker_unavailable", method=request.method, path=request.path)
+        return error(503, "not connected to the broker; try again shortly")
+    log.exception("http.crashed", method=request.method, path=request.path)
+    return error(500, "internal error; the daemon's log has the details")
 
 
 def _identity(request: web.Request) -> Identity:
@@ -102,10 +124,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text; open like the health checks (no client data in it)."""
+    """Prometheus text; open like the health checks (client ids label the queue depths)."""
     from daemon.metrics import CONTENT_TYPE, render
 
-    body = await render(_sup(request))
+    body = await render(_sup(request), request.app[DEPTHS])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -147,7 +169,7 @@ async def list_failed(request: web.Request) -> web.Response:
     identity = _identity(request)
     client_id = request.query.get("client_id") or None
     if client_id is not None and not identity.may_see(client_id):
-        return json_response({"items": []})
+        raise UnknownClient(f"client {client_id!r} is not registered")
     items = _sup(request).ops.failed(client_id if identity.is_admin else identity.client_id)
     return json_response({"items": items})
 
@@ -186,6 +208,7 @@ async def replay_unrouted(request: web.Request) -> web.Response:
 def build_app(supervisor: Supervisor) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
     app[SUPERVISOR] = supervisor
+    app[DEPTHS] = DepthCache()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)

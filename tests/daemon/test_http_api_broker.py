@@ -7,7 +7,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import Broker, FakeShop, clients_toml, free_port, running, settings_for
+from tests.proxy import broker_proxy
+from tests.support import (
+    Broker,
+    FakeShop,
+    clients_toml,
+    free_port,
+    running,
+    settings_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -34,6 +43,39 @@ async def test_health_and_readiness_need_no_token(api_settings, amqp: Broker):
         base = f"http://127.0.0.1:{api_settings.http_port}"
         assert await _call(base, "GET", "/healthz") == (200, {"ok": True})
         assert await _call(base, "GET", "/readyz") == (200, {"ready": True, "clients": 2})
+
+
+@pytest.mark.parametrize("clients", [["acme", "globex"], []], ids=["two-clients", "no-clients"])
+async def test_while_the_broker_is_unreachable_readyz_and_the_api_say_so(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, clients
+):
+    """Links cut and new ones refused: /readyz 503 with its reason, API calls that need the
+    broker 503 in JSON, what the state log knows still answers; ready again once back."""
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, clients))
+    async with broker_proxy() as proxy:
+        settings = settings_for(prefix, tmp_path, amqp_url=proxy.url, clients_file=path,
+                                http_port=free_port())
+        async with running(settings) as sup:
+            base = f"http://127.0.0.1:{settings.http_port}"
+            before = await _call(base, "GET", "/readyz")
+            proxy.refusing = True
+            proxy.cut()
+            await wait_until(lambda: not sup.connected, 10, "the daemon to see the link go")
+            down = await _call(base, "GET", "/readyz")
+            alive = await _call(base, "GET", "/healthz")
+            listed = await _call(base, "GET", "/api/v1/unrouted", ADMIN)
+            failed = await _call(base, "GET", "/api/v1/failed", ADMIN)
+            proxy.refusing = False
+            await wait_until(lambda: sup.connected, 30, "the daemon to reconnect")
+            after = await _call(base, "GET", "/readyz")
+    ready = (200, {"ready": True, "clients": len(clients)})
+    assert (before, down, alive, after) == (
+        ready, (503, {"ready": False, "reason": "not connected to the broker"}),
+        (200, {"ok": True}), ready)
+    assert listed == (503, {"ok": False, "error": "not connected to the broker; try again "
+                                                  "shortly"})
+    assert failed == (200, {"items": []})
 
 
 @pytest.mark.parametrize(("headers", "status"), [
@@ -89,6 +131,24 @@ async def test_clients_are_listed_and_shown_with_state_depth_and_parked_item(
     assert acme["parked"]["message_id"] == "X"
     assert set(acme["parked"]) == {"message_id", "type", "error", "attempts", "since", "payload"}
     assert missing == (404, {"ok": False, "error": "client 'nobody' is not registered"})
+
+
+async def test_a_client_whose_queue_was_deleted_shows_no_depth_and_the_rest_still_list(
+    api_settings, amqp: Broker
+):
+    """Someone deleted acme's queue behind the daemon's back: depth null, not a failed list."""
+    async with running(api_settings):
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        await amqp.publish("globex", type_="system.noop", payload={}, message_id="G1")
+        await amqp.wait_event("item.succeeded", "globex")
+        async with amqp.connection.channel() as channel:
+            await channel.queue_delete(amqp.topo.client_queue("acme"))
+        status, body = await _call(base, "GET", "/api/v1/clients", ADMIN)
+        one = await _call(base, "GET", "/api/v1/clients/acme", ADMIN)
+    assert status == 200
+    assert [(c["client_id"], c["depth"]) for c in body["clients"]] == [
+        ("acme", None), ("globex", 0)]
+    assert (one[0], one[1]["depth"]) == (200, None)
 
 
 async def test_actions_over_http_act_like_control_messages(

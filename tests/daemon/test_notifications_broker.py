@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.sinks import HookSink, MailSink, hook_sink, mail_sink
@@ -16,6 +15,7 @@ from tests.support import (
     clients_toml,
     free_port,
     running,
+    scrape_metrics,
     settings_for,
     stays,
     wait_until,
@@ -162,11 +162,11 @@ async def test_with_smtp_down_parks_and_other_clients_go_on_and_the_mail_comes_l
         await wait_until(lambda: outbox.count("retried") >= 2, 20, "delivery retries")
         assert smtp.mails == []
         assert took < 5, f"globex took {took:.1f} s with SMTP down"
-        down = await _metrics(port)
+        down = await scrape_metrics(port)
         smtp.start()
         await wait_until(lambda: len(smtp.mails) == 1, 20, "the mail once SMTP is back")
         await stays(lambda: len(smtp.mails) == 1, 1.5, "the mail sent twice")
-        up = await _metrics(port)
+        up = await scrape_metrics(port)
     assert down['s2s_notification_deliveries_total{channel="email",outcome="retried"}'] >= 2
     assert 's2s_notification_deliveries_total{channel="email",outcome="sent"}' not in down
     assert up['s2s_notification_deliveries_total{channel="email",outcome="sent"}'] == 1
@@ -174,15 +174,6 @@ async def test_with_smtp_down_parks_and_other_clients_go_on_and_the_mail_comes_l
     assert up["s2s_notification_backlog"] == 0
     assert smtp.mails[0].subject == "[s2s-queue] acme Ltd: queue stopped at SKU X"
     assert len(hooks.events("client.parked", "acme")) == 1
-
-
-async def _metrics(port: int) -> dict[str, float]:
-    """GET /metrics (no token needed) as {sample with labels: value}."""
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
-        assert r.status == 200
-        text = await r.text()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 async def test_a_client_without_addresses_mails_only_the_admins_and_gets_no_webhook(

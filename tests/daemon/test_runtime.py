@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from structlog.testing import capture_logs
 
 from daemon.items import Parsed
+from daemon.metrics import ItemMetrics
 from daemon.runtime import backoff, call_handler
 from handlers.base import Handler, HandlerFunc, Item
 from handlers.errors import PermanentError, TransientError
@@ -38,7 +39,7 @@ def parsed(func: HandlerFunc, type_: str = "test.thing") -> Parsed:
 
 
 async def run(func: HandlerFunc, attempt: int = 1, limit: float = 5.0) -> None:
-    await call_handler(parsed(func), attempt, NoContext(), limit)
+    await call_handler(parsed(func), attempt, NoContext(), limit, ItemMetrics())
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,107 @@
+"""ItemMetrics and call_handler's timing, without a broker: what a scrape would show."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from daemon.metrics import FAILED_FINAL, SKIPPED, SUCCEEDED, ItemMetrics
+from daemon.runtime import call_handler
+from handlers.base import Item
+from handlers.errors import PermanentError, TransientError
+from tests.daemon.test_runtime import NoContext, parsed
+
+
+def registry(metrics: ItemMetrics) -> CollectorRegistry:
+    out = CollectorRegistry(auto_describe=False)
+    out.register(metrics.items)
+    out.register(metrics.durations)
+    return out
+
+
+def items(metrics: ItemMetrics, type_: str, queue: str, outcome: str) -> float | None:
+    return registry(metrics).get_sample_value(
+        "s2s_items_total", {"type": type_, "queue": queue, "outcome": outcome})
+
+
+def calls(metrics: ItemMetrics, type_: str, queue: str = "blocking") -> float | None:
+    return registry(metrics).get_sample_value(
+        "s2s_handler_duration_seconds_count", {"type": type_, "queue": queue})
+
+
+def test_outcomes_are_counted_by_type_queue_and_outcome():
+    """Each count lands in its own series; repeated counts add up."""
+    metrics = ItemMetrics({"product.sync", "order.add_to_source"})
+    for _ in range(3):
+        metrics.count("product.sync", "blocking", SUCCEEDED)
+    metrics.count("product.sync", "blocking", FAILED_FINAL)
+    metrics.count("order.add_to_source", "nonblocking", SKIPPED)
+    assert items(metrics, "product.sync", "blocking", SUCCEEDED) == 3
+    assert items(metrics, "product.sync", "blocking", FAILED_FINAL) == 1
+    assert items(metrics, "order.add_to_source", "nonblocking", SKIPPED) == 1
+    assert items(metrics, "product.sync", "nonblocking", SUCCEEDED) is None
+
+
+def test_types_no_handler_knows_share_one_series():
+    """Bad input of made-up types cannot grow the number of series."""
+    metrics = ItemMetrics({"product.sync"})
+    metrics.count("no.such.type", "blocking", FAILED_FINAL)
+    metrics.count("another.one", "blocking", FAILED_FINAL)
+    metrics.count(None, "blocking", FAILED_FINAL)
+    assert items(metrics, "unknown", "blocking", FAILED_FINAL) == 3
+    text = generate_latest(registry(metrics)).decode()
+    assert "no.such.type" not in text
+    assert "_created" not in text
+
+
+def test_the_histogram_puts_each_duration_in_its_bucket():
+    """Buckets are cumulative in the exposition; sum and count follow the observations."""
+    metrics = ItemMetrics()
+    for seconds in (0.001, 0.02, 0.02, 7.0):
+        metrics.observe("system.noop", "blocking", seconds)
+    reg = registry(metrics)
+    labels = {"type": "system.noop", "queue": "blocking"}
+
+    def bucket(le: str) -> float | None:
+        return reg.get_sample_value("s2s_handler_duration_seconds_bucket", {**labels, "le": le})
+
+    assert (bucket("0.005"), bucket("0.025"), bucket("5.0"), bucket("10.0"), bucket("+Inf")) \
+        == (1, 3, 3, 4, 4)
+    assert reg.get_sample_value("s2s_handler_duration_seconds_sum", labels) == pytest.approx(7.041)
+
+
+async def fine(item: Item[Any], ctx: Any) -> None:
+    return None
+
+
+async def slow(item: Item[Any], ctx: Any) -> None:
+    await asyncio.sleep(3600)
+
+
+async def crashes(item: Item[Any], ctx: Any) -> None:
+    raise ValueError("boom")
+
+
+async def transient(item: Item[Any], ctx: Any) -> None:
+    raise TransientError("shop answered 503")
+
+
+@pytest.mark.parametrize(("func", "error"), [
+    (fine, None), (slow, TransientError), (crashes, PermanentError), (transient, TransientError),
+], ids=["succeeds", "times-out", "crashes", "fails"])
+async def test_every_handler_call_is_timed_whatever_its_outcome(func, error):
+    """One observation per call, so the histogram's count is the number of attempts."""
+    metrics = ItemMetrics()
+    if error is None:
+        await call_handler(parsed(func), 1, NoContext(), 0.05, metrics)
+    else:
+        with pytest.raises(error):
+            await call_handler(parsed(func), 1, NoContext(), 0.05, metrics)
+    assert calls(metrics, "test.thing") == 1
+    seconds = registry(metrics).get_sample_value(
+        "s2s_handler_duration_seconds_sum", {"type": "test.thing", "queue": "blocking"})
+    assert seconds is not None
+    assert (0.05 <= seconds < 1) if func is slow else (0 <= seconds < 0.05)
