@@ -42,7 +42,7 @@ from daemon.topology import (
     declare_topology,
 )
 from handlers import load_handlers
-from handlers.context import DEFAULT_TIMEOUT, HandlerContext
+from handlers.context import HandlerContext
 
 log = structlog.get_logger()
 
@@ -171,9 +171,7 @@ class Supervisor:
         confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
         timeout = aiohttp.ClientTimeout(total=self.settings.handler_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            # Each HTTP request times out before the whole handler call does.
-            per_request = min(DEFAULT_TIMEOUT, self.settings.handler_timeout * 0.9)
-            context = HandlerContext(lambda: self.clients, http, per_request)
+            context = HandlerContext(lambda: self.clients, http, settings=self.settings)
             outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
                                           lambda: self.clients, http)
             self._rt = Runtime(self.settings, self.topo, load_handlers(), context, events,
