@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
 
-from handlers import images, orders, products, system
+from handlers import images, notifications, orders, products, system
 from handlers.base import Handler
 
 ENTRY_POINT_GROUP = "s2s_queue.handlers"
@@ -22,6 +22,7 @@ BUILTIN_HANDLERS: tuple[Handler, ...] = (
     *products.HANDLERS,
     *images.HANDLERS,
     *orders.HANDLERS,
+    *notifications.HANDLERS,
 )
 
 

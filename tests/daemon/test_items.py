@@ -15,8 +15,8 @@ from handlers.system import NoopPayload
 
 HANDLERS = load_handlers()
 KNOWN = (
-    "fulfillment.add, image.fetch, image.sync, order.add_to_source, product.delete, "
-    "product.sync, system.noop"
+    "fulfillment.add, image.fetch, image.sync, notification.email, notification.webhook, "
+    "order.add_to_source, product.delete, product.sync, system.noop"
 )
 MAX_BODY = 1000
 
