@@ -22,7 +22,10 @@ Target = Literal["channel", "catalog"]
 class SyncPayload(BaseModel):
     """The product to create or update, and where."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [
+        {"sku": "ABC-1", "product": {"name": "Blue mug", "price": 9.9}},
+        {"sku": "ABC-1", "product": {"name": "Blue mug"}, "target": "catalog"},
+    ]})
 
     sku: Sku
     product: dict[str, Any]
@@ -40,7 +43,9 @@ class SyncPayload(BaseModel):
 class DeletePayload(BaseModel):
     """The product to delete, and where."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [
+        {"sku": "ABC-1"},
+    ]})
 
     sku: Sku
     target: Target = "channel"
