@@ -104,6 +104,10 @@ async def mail_sink() -> AsyncIterator[MailSink]:
         sink.stop()
 
 
+HOOK_SECRET = "hook-secret"
+"""The webhook secret the `hooks` fixture's receiver verifies signatures with."""
+
+
 @dataclass
 class Hook:
     body: dict[str, Any]

@@ -3,47 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.handlers.peers import (
+from tests.peers import (
     MAGENTO_TOKEN,
     FakeMagento,
     ImageHost,
-    fake_magento,
-    image_host,
     png,
 )
-from tests.sinks import HookSink, MailSink, hook_sink, mail_sink
+from tests.sinks import HOOK_SECRET, HookSink, MailSink
 from tests.support import Broker, running, settings_for, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-SECRET = "hook-secret-e2e"
-
-
-@pytest.fixture
-async def magento() -> AsyncIterator[FakeMagento]:
-    async with fake_magento() as store:
-        yield store
-
-
-@pytest.fixture
-async def images() -> AsyncIterator[ImageHost]:
-    async with image_host() as host:
-        yield host
-
-
-@pytest.fixture
-async def hooks() -> AsyncIterator[HookSink]:
-    async with hook_sink(SECRET) as receiver:
-        yield receiver
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[MailSink]:
-    async with mail_sink() as sink:
-        yield sink
 
 
 def settings(prefix, tmp_path, magento: FakeMagento, hooks: HookSink, smtp: MailSink):
@@ -51,7 +23,7 @@ def settings(prefix, tmp_path, magento: FakeMagento, hooks: HookSink, smtp: Mail
     path.write_text(f"""
 [clients.m2]
 webhook_url = "{hooks.url}/m2"
-webhook_secret = "{SECRET}"
+webhook_secret = "{HOOK_SECRET}"
 allowed_image_hosts = ["127.0.0.1"]
 
 [clients.m2.channel]

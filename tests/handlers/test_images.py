@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -24,18 +23,12 @@ from handlers.images import (
     image_folder,
     sync_image,
 )
+from tests.peers import ImageHost, png
 
 from .conftest import FakeChannel, Reply, make_item
-from .peers import ImageHost, image_host, png
 
 LIMIT = 1000
 NOT_ALLOWED = "is neither the client's source host nor in its allowed_image_hosts"
-
-
-@pytest.fixture
-async def images() -> AsyncIterator[ImageHost]:
-    async with image_host() as host:
-        yield host
 
 
 @pytest.fixture

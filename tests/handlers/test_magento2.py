@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
 from aiohttp import web
@@ -14,23 +12,11 @@ from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError
 from handlers.images import SyncImagePayload, sync_image
 from handlers.products import DeletePayload, SyncPayload, delete_product, sync_product
+from tests.peers import MAGENTO_TOKEN, FakeMagento, png
 
 from .conftest import make_item
-from .peers import MAGENTO_TOKEN, FakeMagento, ImageHost, fake_magento, image_host, png
 
 CHAIR = {"name": "Chair", "price": 49.0, "attribute_set_id": 4, "type_id": "simple"}
-
-
-@pytest.fixture
-async def magento() -> AsyncIterator[FakeMagento]:
-    async with fake_magento() as store:
-        yield store
-
-
-@pytest.fixture
-async def images() -> AsyncIterator[ImageHost]:
-    async with image_host() as host:
-        yield host
 
 
 def magento_client(magento: FakeMagento, token: str = MAGENTO_TOKEN) -> ClientConfig:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +17,15 @@ from daemon.settings import Settings
 from handlers.context import HandlerContext
 from handlers.errors import PermanentError, TransientError
 from handlers.notifications import EmailPayload, WebhookPayload, send_email, send_webhook
-from tests.sinks import HookSink, MailSink, hook_sink
+from tests.sinks import HOOK_SECRET, HookSink, MailSink
 from tests.support import free_port
 
 from .conftest import MESSAGE_ID, make_item
 
-SECRET = "whsec-9f2c-SECRET"
+SECRET = HOOK_SECRET
 PASSWORD = "smtp-pa55-SECRET"
 MAIL = {"to": ["buyer@example.com", "boss@example.com"], "subject": "Your order has shipped",
         "text": "Hello,\nyour order is on its way.\n", "html": "<p>On its way.</p>"}
-
-
-@pytest.fixture
-def sink() -> Iterator[MailSink]:
-    server = MailSink()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def hooks() -> AsyncIterator[HookSink]:
-    async with hook_sink(SECRET) as receiver:
-        yield receiver
 
 
 def context(session: aiohttp.ClientSession, port: int, hooks_url: str = "",
@@ -65,10 +50,10 @@ async def webhook(ctx: HandlerContext, client: str = "acme") -> None:
     await send_webhook(make_item("notification.webhook", payload, client), ctx)
 
 
-async def test_an_email_arrives_with_text_and_html(sink: MailSink, session):
+async def test_an_email_arrives_with_text_and_html(smtp: MailSink, session):
     """Every recipient, the subject, both parts, our sender, a Message-ID from the item."""
-    await email(context(session, sink.port))
-    [got] = sink.mails
+    await email(context(session, smtp.port))
+    [got] = smtp.mails
     assert sorted(got.rcpt) == ["boss@example.com", "buyer@example.com"]
     assert (got.sender, got.subject) == ("shop@acme.example", "Your order has shipped")
     assert got.part("plain").replace("\r\n", "\n") == MAIL["text"]
@@ -76,19 +61,19 @@ async def test_an_email_arrives_with_text_and_html(sink: MailSink, session):
     assert got.message["Message-ID"].endswith("@s2s-queue>")
 
 
-async def test_an_email_without_html_is_plain_text_only(sink: MailSink, session):
+async def test_an_email_without_html_is_plain_text_only(smtp: MailSink, session):
     """No HTML given, no HTML part."""
-    await email(context(session, sink.port), html=None)
-    [got] = sink.mails
+    await email(context(session, smtp.port), html=None)
+    [got] = smtp.mails
     assert got.message.get_content_type() == "text/plain"
 
 
-async def test_the_same_item_sent_twice_has_the_same_message_id(sink: MailSink, session):
+async def test_the_same_item_sent_twice_has_the_same_message_id(smtp: MailSink, session):
     """A redelivered item can be recognised by the receiving mail system."""
-    ctx = context(session, sink.port)
+    ctx = context(session, smtp.port)
     await email(ctx)
     await email(ctx)
-    assert sink.mails[0].message["Message-ID"] == sink.mails[1].message["Message-ID"]
+    assert smtp.mails[0].message["Message-ID"] == smtp.mails[1].message["Message-ID"]
 
 
 @pytest.fixture
