@@ -187,6 +187,9 @@ class ImageHost:
             return web.Response(status=self.status_next.pop(0), text="busy, try later")
         if name == "chair.png":
             return web.Response(body=self.image, content_type="image/png")
+        if name == "broken.png":  # starts like a PNG, then its header chunk is damaged
+            return web.Response(body=self.image[:20] + b"\0\0\0\0" + self.image[24:],
+                                content_type="image/png")
         if name == "notes.png":  # lies about its type
             return web.Response(body=b"<html>not an image</html>", content_type="image/png")
         if name == "huge-declared.png":

@@ -11,17 +11,23 @@ Where an image may come from is the client's setting, never the payload's
 `http → https` hop works while a redirect to anywhere else is refused.
 No token is sent: image hosts are public (a CDN), and a token must never
 follow a redirect.  Whether the bytes are an image is decided from the bytes,
-not from the Content-Type the server claims; SVG is refused (it can carry
-scripts).
+not from the Content-Type the server claims: their first bytes while the body
+streams in (so a large HTML page stops after a dozen bytes), then Pillow
+opens and verifies the whole image (a PNG with a broken chunk, a truncated
+file).  SVG is refused (it can carry scripts).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import PIL
+import PIL.Image
 from yarl import URL
 
 from handlers.connectors.http import (
@@ -146,7 +152,25 @@ async def _read_image(resp: aiohttp.ClientResponse, url: URL, max_bytes: int) ->
         if kind is None and len(data) >= 12:
             kind = _kind_or_refuse(bytes(data[:12]), resp, where)
     kind = kind or _kind_or_refuse(bytes(data), resp, where)
+    await asyncio.to_thread(verify, bytes(data), kind[0], where)
     return Image(bytes(data), kind[0], kind[1], where, hashlib.sha256(data).hexdigest())
+
+
+def verify(data: bytes, mime: str, where: str) -> None:
+    """PermanentError unless Pillow reads `data` as an intact image of type `mime` (CPU-bound)."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            found = PIL.Image.MIME.get(image.format or "")
+            image.verify()
+    except PIL.UnidentifiedImageError:
+        reason = "it cannot be read"
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as exc:
+        reason = str(exc) or type(exc).__name__
+    else:
+        if found == mime:
+            return
+        reason = f"it reads as {found or 'something else'}"
+    raise PermanentError(f"image {where} starts like {mime} but is not a valid image: {reason}")
 
 
 def _kind_or_refuse(head: bytes, resp: aiohttp.ClientResponse, where: str) -> tuple[str, str]:

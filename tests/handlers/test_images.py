@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from daemon.clients import ClientConfig
 from daemon.settings import Settings
-from handlers.connectors.images import sniff
+from handlers.connectors.images import sniff, verify
 from handlers.context import HandlerContext
 from handlers.errors import PermanentError, TransientError
 from handlers.images import (
@@ -123,6 +123,32 @@ async def test_content_that_is_not_an_image_is_refused(images: ImageHost, ctx, r
         "(Content-Type: image/png)"
     )
     assert stored(root) == []
+
+
+async def test_a_damaged_image_is_refused(images: ImageHost, ctx, root):
+    """Right first bytes are not enough: the whole image must read as one."""
+    with pytest.raises(PermanentError) as info:
+        await fetch(ctx, f"{images.url}/broken.png")
+    assert str(info.value) == (
+        f"image {images.url}/broken.png starts like image/png but is not a valid image: "
+        "it cannot be read"
+    )
+    assert stored(root) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "mime", "reason"),
+    [
+        (png()[:-20], "image/png", "Truncated File Read"),
+        (png(), "image/gif", "it reads as image/png"),
+    ],
+)
+def test_pillow_verifies_the_whole_image(data, mime, reason):
+    """A truncated file, or one of another type than its first bytes said, is not accepted."""
+    with pytest.raises(PermanentError) as info:
+        verify(data, mime, "x")
+    assert str(info.value) == f"image x starts like {mime} but is not a valid image: {reason}"
+    verify(png(), "image/png", "x")
 
 
 async def test_a_declared_oversized_image_is_refused_before_reading(images, ctx, root):
