@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from handlers.connectors.http import classify_status
+from handlers.connectors.http import classify_status, quote_body, read_start
 
 SIGNATURE_HEADER = "X-S2S-Signature"
 
@@ -68,7 +68,7 @@ async def post(session: aiohttp.ClientSession, url: str, secret: str, raw: bytes
             outcome = classify_status(resp.status)
             if outcome == "ok":
                 return
-            start = (await resp.text(errors="replace"))[:200]
+            start = quote_body(await read_start(resp), (secret,))
             permanent = outcome == "permanent"
             raise WebhookError(f"webhook {_host(url)} answered HTTP {resp.status}: {start}",
                                permanent=permanent)

@@ -83,13 +83,15 @@ def http_error(
     by mistake are not shown; each of `secrets` found in the body is blanked.
     """
     path = urlsplit(url_path).path or "/"
-    snippet = _quote_body(body_text, secrets)
+    snippet = quote_body(body_text, secrets)
     message = f"{method} {path} → HTTP {status}" + (f": {snippet}" if snippet else "")
     error = TransientError if classify_status(status) == "transient" else PermanentError
     return error(message)
 
 
-def _quote_body(body_text: str, secrets: Iterable[str]) -> str:
+def quote_body(body_text: str, secrets: Iterable[str] = ()) -> str:
+    """The start of a response body for an error message: whitespace collapsed, at most
+    `BODY_QUOTE_CHARS` characters, each of `secrets` blanked out."""
     for secret in secrets:
         if secret:
             body_text = body_text.replace(secret, "***")
