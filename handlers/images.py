@@ -25,7 +25,14 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from yarl import URL
 
 from daemon.clients import ClientConfig
@@ -54,17 +61,19 @@ class SyncImagePayload(BaseModel):
     sku: Sku
     image_id: ImageId = Field(description="the platform's id of the image: 1-64 of A-Z a-z 0-9 _ -")
     action: Literal["upsert", "delete"]
-    url: ImageUrl | None = Field(None, description="where the image is (upsert only)")
+    url: ImageUrl | None = Field(None, validate_default=True,
+                                 description="where the image is (upsert only)")
     label: Annotated[str, StringConstraints(max_length=255)] | None = None
     position: Annotated[int, Field(ge=0)] | None = None
     roles: Annotated[list[str], Field(max_length=8)] = Field(
         [], description="Magento image roles: image, small_image, thumbnail, swatch_image")
 
-    @model_validator(mode="after")
-    def _upsert_has_url(self) -> SyncImagePayload:
-        if self.action == "upsert" and self.url is None:
-            raise ValueError("url: required when action is 'upsert'")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _upsert_has_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is None and info.data.get("action") == "upsert":
+            raise ValueError("required when action is 'upsert'")
+        return url
 
 
 class FetchImagesPayload(BaseModel):

@@ -100,7 +100,7 @@ async def test_a_bad_email_payload_fails_at_once_naming_the_field(
         [failed] = await amqp.wait_event("item.failed", "m2")
     assert failed["final"] is True
     assert failed["error"] == (
-        "payload is not valid for notification.email: to.0: Value error, each entry must be an "
+        "payload is not valid for notification.email: to.0: each entry must be an "
         "email address like ops@acme.example"
     )
     assert smtp.mails == []

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from daemon.clients import ClientConfig
+from daemon.items import describe_payload_error
 from daemon.settings import Settings
 from handlers.connectors.images import sniff, verify
 from handlers.context import HandlerContext
@@ -304,7 +305,7 @@ async def test_image_sync_is_transient_or_permanent_by_the_channels_status(chann
 @pytest.mark.parametrize(
     ("payload", "error"),
     [
-        ({"sku": "A", "image_id": "f", "action": "upsert"}, "url: required when action is"),
+        ({"sku": "A", "image_id": "f", "action": "upsert"}, "url\n  Value error, required when"),
         ({"sku": "A", "image_id": "a/b", "action": "delete"}, "image_id"),
         ({"sku": "A", "image_id": "f", "action": "replace"}, "action"),
         ({"sku": "A", "image_id": "f", "action": "upsert", "url": "ftp://x/y"}, "url"),
@@ -314,6 +315,15 @@ def test_image_sync_payloads_are_checked(payload, error):
     """Bad payloads fail validation naming the field."""
     with pytest.raises(ValidationError, match=error):
         SyncImagePayload.model_validate(payload)
+
+
+def test_an_upsert_without_url_is_bad_input_naming_the_field():
+    """The consumer's error reads as one plain line."""
+    with pytest.raises(ValidationError) as info:
+        SyncImagePayload.model_validate_json(b'{"sku": "A", "image_id": "f", "action": "upsert"}')
+    assert describe_payload_error("image.sync", info.value) == (
+        "payload is not valid for image.sync: url: required when action is 'upsert'"
+    )
 
 
 def test_image_fetch_needs_one_to_fifty_http_urls():

@@ -190,7 +190,7 @@ def test_a_product_naming_another_sku_is_refused():
     with pytest.raises(ValidationError) as info:
         SyncPayload.model_validate_json(body)
     assert describe_payload_error("product.sync", info.value) == (
-        "payload is not valid for product.sync: product: Value error, its sku 'B-2' is not "
+        "payload is not valid for product.sync: product: its sku 'B-2' is not "
         "the item's sku 'A-1'"
     )
     assert SyncPayload.model_validate({"sku": "A-1", "product": {"sku": "A-1"}}).sku == "A-1"
