@@ -1,8 +1,11 @@
 """The generic HTTP connector (SPEC §7): JSON over HTTP to a client's channel, catalog, etc.
 
-What a response or a failed call means is decided in two pure functions,
-`classify_status` and `http_error`; `HttpConnector.request` only does the I/O
-and maps aiohttp's exceptions to `TransientError` in one place.
+The one connector layer: every call a handler makes to another system (this
+connector, its Magento 2 subclass, image downloads, webhooks) decides what a
+response means with the pure `classify_status` and `http_error`, and maps
+aiohttp's exceptions to `TransientError` in one place, `transport_errors`.
+`HttpConnector` also holds the product and image operations of SPEC §7's
+table; a connector for another API (connectors/magento2.py) overrides them.
 
     aiohttp.ClientConnectionError, TimeoutError  -> TransientError  "PUT https://host/p failed: …"
     HTTP 408, 429, 5xx                           -> TransientError  "PUT /p → HTTP 503: <body>"
