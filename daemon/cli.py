@@ -200,10 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(settings: Settings) -> int:
     from daemon.clients import ClientsFileError
     from daemon.supervisor import run
+    from handlers import PluginError
 
     try:
         run(settings)
-    except ClientsFileError as exc:
+    except (ClientsFileError, PluginError) as exc:
         print(f"s2s-queue: {exc}", file=sys.stderr)
         return 2
     except aio_pika.exceptions.AMQPChannelError as exc:

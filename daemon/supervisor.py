@@ -42,6 +42,7 @@ from daemon.topology import (
     declare_topology,
 )
 from handlers import load_handlers
+from handlers.base import Handler
 from handlers.context import HandlerContext
 
 log = structlog.get_logger()
@@ -69,6 +70,7 @@ class Supervisor:
         self._nonblocking: NonBlockingPool | None = None
         self._leadership: Leadership | None = None
         self._rt: Runtime | None = None
+        self._handlers: dict[str, Handler] = {}
         self.outbox: Outbox | None = None
         self._started_at = time.monotonic()
 
@@ -113,6 +115,7 @@ class Supervisor:
         if self._handle_signals:
             self._install_signals()
         self.clients = self._read_clients_file()
+        self._handlers = load_handlers()  # a broken plug-in stops us before we connect
         async with AsyncExitStack() as stack:
             self._connection = await stack.enter_async_context(await self._connect())
             rt = await stack.enter_async_context(self._runtime(self._connection))
@@ -174,7 +177,7 @@ class Supervisor:
             context = HandlerContext(lambda: self.clients, http, settings=self.settings)
             outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
                                           lambda: self.clients, http)
-            self._rt = Runtime(self.settings, self.topo, load_handlers(), context, events,
+            self._rt = Runtime(self.settings, self.topo, self._handlers, context, events,
                                state, outbox, confirm, self.replica)
             await state.start()
             await outbox.start()
