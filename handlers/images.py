@@ -191,5 +191,5 @@ HANDLERS = (
     Handler(type="image.sync", payload=SyncImagePayload, func=sync_image, queue="blocking",
             description="add, replace or delete a product image on the sales channel"),
     Handler(type="image.fetch", payload=FetchImagesPayload, func=fetch_images, queue="blocking",
-            description="download product images into `S2SQ_IMAGE_DIR/<client>/<sku>/`"),
+            description="download product images into S2SQ_IMAGE_DIR/<client>/<sku>/"),
 )

@@ -10,6 +10,7 @@ that file is current, so the reference never drifts from the code.
 
 from __future__ import annotations
 
+import html
 import inspect
 import shlex
 from collections.abc import Iterable
@@ -26,11 +27,14 @@ _RANGES = (("minLength", "maxLength", "characters"), ("minItems", "maxItems", "e
 def markdown(handlers: Iterable[Handler]) -> str:
     """The whole reference as Markdown."""
     handlers = list(handlers)
-    index = "\n".join(f"| [`{h.type}`](#{_anchor(h.type)}) | {h.queue} | {h.description} |"
-                      for h in handlers)
+    index = "\n".join(
+        f"| [`{h.type}`](#{_anchor(h.type)}) | {h.queue} | {html.escape(h.description)} |"
+        for h in handlers)
     parts = [
         "# Instruction types\n\n"
-        "Generated from the handlers by `scripts/types-reference.py`; do not edit by hand.\n"
+        "Generated from the handlers: `scripts/types-reference.py` writes docs/types.md (the\n"
+        "builtins; do not edit it by hand), `s2s-queue types --markdown` prints it for the\n"
+        "installed types, plug-ins included.\n\n"
         "Payloads are JSON objects; unknown fields are refused, and a payload that does not\n"
         "fit parks the client (blocking) or fails the item (non-blocking) with an error\n"
         "naming the field.\n\n"
