@@ -196,6 +196,8 @@ class ImageHost:
             return web.Response(body=self.image + b"\0" * 5000, content_type="image/png")
         if name == "huge-streamed.png":
             return await self._stream(request, self.image + b"\0" * 5000)
+        if name == "loop.png":
+            raise web.HTTPFound("/loop.png")
         if name == "hop.png":
             raise web.HTTPFound(f"{self.url}/chair.png")
         if name == "away.png":

@@ -105,6 +105,14 @@ async def test_a_redirect_to_a_forbidden_host_is_refused(images: ImageHost, ctx,
     assert images.hits == ["away.png"]
 
 
+async def test_a_redirect_loop_ends_after_five_hops(images: ImageHost, ctx):
+    """Relative redirects are followed on the same host, but not for ever."""
+    with pytest.raises(PermanentError) as info:
+        await fetch(ctx, f"{images.url}/loop.png")
+    assert str(info.value) == f"image URL {images.url}/loop.png redirects more than 5 times"
+    assert images.hits == ["loop.png"] * 6
+
+
 async def test_a_client_without_image_hosts_fails_naming_what_to_add(images, ctx):
     """No source section and no allowed_image_hosts: nothing may be fetched."""
     with pytest.raises(PermanentError) as info:
