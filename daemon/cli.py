@@ -186,6 +186,8 @@ async def _demo(*, producer: Any, connection: Any, topo: Topology) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "types":  # needs no settings, broker or logging
+        return _types(markdown=args.markdown)
     try:
         settings = load_settings(getattr(args, "config", None))
     except (ConfigFileError, ValidationError) as exc:
@@ -194,8 +196,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     if args.command == "run":
         return _run(settings)
-    if args.command == "types":
-        return _types(markdown=args.markdown)
     try:
         return asyncio.run(_command(settings, args))
     except CliError as exc:
