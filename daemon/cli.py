@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     fsub.add_parser("retry", parents=[common]).add_argument("message_id")
     fsub.add_parser("skip", parents=[common]).add_argument("message_id")
     sub.add_parser("demo", parents=[common], help="publish a few items to a demo client")
+    sub.add_parser("types", parents=[common],
+                   help="the instruction types this installation runs, plug-ins included"
+                   ).add_argument("--markdown", action="store_true",
+                                  help="the full reference: fields, limits, examples")
     return parser
 
 
@@ -182,6 +186,8 @@ async def _demo(*, producer: Any, connection: Any, topo: Topology) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "types":  # needs no settings, broker or logging
+        return _types(markdown=args.markdown)
     try:
         settings = load_settings(getattr(args, "config", None))
     except (ConfigFileError, ValidationError) as exc:
@@ -200,10 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(settings: Settings) -> int:
     from daemon.clients import ClientsFileError
     from daemon.supervisor import run
+    from handlers import PluginError
 
     try:
         run(settings)
-    except ClientsFileError as exc:
+    except (ClientsFileError, PluginError) as exc:
         print(f"s2s-queue: {exc}", file=sys.stderr)
         return 2
     except aio_pika.exceptions.AMQPChannelError as exc:
@@ -213,6 +220,25 @@ def _run(settings: Settings) -> int:
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
         print(f"s2s-queue: broker unreachable: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 4
+    return 0
+
+
+def _types(*, markdown: bool) -> int:
+    """Print the registered types (builtins and plug-ins); needs no broker."""
+    from handlers import PluginError, load_handlers
+    from handlers.reference import markdown as reference
+
+    try:
+        registry = load_handlers()
+    except PluginError as exc:
+        print(f"s2s-queue: {exc}", file=sys.stderr)
+        return 2
+    if markdown:
+        print(reference(registry.values()), end="")
+        return 0
+    width = max(len(t) for t in registry)
+    for handler in registry.values():
+        print(f"{handler.type:<{width}}  {handler.queue:<11}  {handler.description}")
     return 0
 
 

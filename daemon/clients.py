@@ -71,6 +71,14 @@ def _escape(char: str) -> str:
     return char if char.isprintable() and char != "\\" else repr(char)[1:-1]
 
 
+def check_email(address: str) -> str:
+    """`address` if it looks like `ops@acme.example` (no spaces or line breaks), else ValueError."""
+    local, at, domain = address.partition("@")
+    if not (local and at and domain) or any(c.isspace() for c in address):
+        raise ValueError("each entry must be an email address like ops@acme.example")
+    return address
+
+
 def _check_http_url(value: str, *, plain: bool) -> str:
     """Check `value` is an http(s) URL with a host; `plain` also refuses credentials and queries.
 
@@ -123,9 +131,7 @@ class ClientConfig(BaseModel):
     @classmethod
     def _emails_look_like_emails(cls, value: list[str]) -> list[str]:
         for email in value:
-            local, at, domain = email.partition("@")
-            if not (local and at and domain) or any(c.isspace() for c in email):
-                raise ValueError("each entry must be an email address like ops@acme.example")
+            check_email(email)
         return value
 
     @field_validator("console_token_sha256")
@@ -150,6 +156,15 @@ class ClientConfig(BaseModel):
         if any(not host or "/" in host or any(c.isspace() for c in host) for host in hosts):
             raise ValueError("each entry must be a host name like cdn.acme.example, not a URL")
         return hosts
+
+    @model_validator(mode="after")
+    def _magento_sells(self) -> ClientConfig:
+        for section in ("source", "warehouse"):
+            conn = self.connection(section)
+            if conn is not None and conn.kind == "magento2":
+                raise ValueError(f"{section}.kind: magento2 is a sales channel or catalog kind; "
+                                 f"the {section} speaks the generic API (kind = \"http\")")
+        return self
 
     @model_validator(mode="after")
     def _webhooks_are_signed(self) -> ClientConfig:

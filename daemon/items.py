@@ -121,7 +121,7 @@ def describe_payload_error(type_: str, exc: ValidationError) -> str:
     parts = []
     for err in errors[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return f"payload is not valid for {type_}: " + "; ".join(parts) + more
 

@@ -129,7 +129,8 @@ def _minutes(seconds: float) -> str:
 
 
 def message(mail: Mail, sender: str) -> EmailMessage:
-    """The MIME message: text first, HTML as the alternative; a stable Message-ID."""
+    """The MIME message: text first, HTML (when there is some) as the alternative; a stable
+    Message-ID derived from `mail.ref`."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(mail.to)
@@ -140,7 +141,8 @@ def message(mail: Mail, sender: str) -> EmailMessage:
     digest = hashlib.sha256(mail.ref.encode()).hexdigest()[:32]
     msg["Message-ID"] = f"<{digest}@s2s-queue>"
     msg.set_content(mail.text)
-    msg.add_alternative(mail.html, subtype="html")
+    if mail.html:
+        msg.add_alternative(mail.html, subtype="html")
     return msg
 
 
@@ -152,21 +154,28 @@ class MailError(Exception):
         self.permanent = permanent
 
 
-async def send(mail: Mail, settings: Settings) -> None:
+async def send(mail: Mail, settings: Settings) -> dict[str, str]:
     """Send `mail` over SMTP (STARTTLS and login when set).
+
+    Returns the recipients the server refused while it took the mail for the
+    others (`{address: "550 ..."}`); when it refuses them all, that is an error.
 
     Raises:
         MailError: with a message that never holds the password.
     """
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
     try:
-        await aiosmtplib.send(
+        refused, _ = await aiosmtplib.send(
             message(mail, settings.smtp_from), hostname=settings.smtp_host,
             port=settings.smtp_port, username=settings.smtp_username, password=password,
             start_tls=settings.smtp_starttls, use_tls=False, timeout=settings.smtp_timeout,
         )
-    except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPSenderRefused) as exc:
-        raise MailError(f"SMTP refused: {exc}", permanent=True) from None
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        each = ", ".join(f"{r.recipient} ({r.code} {r.message})" for r in exc.recipients)
+        raise MailError(f"SMTP refused every recipient: {each}", permanent=True) from None
+    except aiosmtplib.SMTPSenderRefused as exc:
+        raise MailError(f"SMTP refused the sender {exc.sender}: {exc.code} {exc.message}",
+                        permanent=True) from None
     except aiosmtplib.SMTPResponseException as exc:
         permanent = 500 <= exc.code < 600 and exc.code != 530  # 530: auth needed (config)
         raise MailError(f"SMTP {exc.code}: {exc.message}", permanent=permanent) from None
@@ -174,3 +183,4 @@ async def send(mail: Mail, settings: Settings) -> None:
         where = f"{settings.smtp_host}:{settings.smtp_port}"
         raise MailError(f"SMTP server {where}: {type(exc).__name__}: {exc}",
                         permanent=False) from None
+    return {address: f"{r.code} {r.message}" for address, r in refused.items()}

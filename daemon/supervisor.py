@@ -44,7 +44,8 @@ from daemon.topology import (
     declare_topology,
 )
 from handlers import load_handlers
-from handlers.context import DEFAULT_TIMEOUT, HandlerContext
+from handlers.base import Handler
+from handlers.context import HandlerContext
 
 log = structlog.get_logger()
 
@@ -71,6 +72,7 @@ class Supervisor:
         self._nonblocking: NonBlockingPool | None = None
         self._leadership: Leadership | None = None
         self._rt: Runtime | None = None
+        self._handlers: dict[str, Handler] = {}
         self.outbox: Outbox | None = None
         self._started_at = time.monotonic()
 
@@ -115,6 +117,7 @@ class Supervisor:
         if self._handle_signals:
             self._install_signals()
         self.clients = self._read_clients_file()
+        self._handlers = load_handlers()  # a broken plug-in stops us before we connect
         async with AsyncExitStack() as stack:
             self._connection = await stack.enter_async_context(await self._connect())
             rt = await stack.enter_async_context(self._runtime(self._connection))
@@ -173,14 +176,12 @@ class Supervisor:
         confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
         timeout = aiohttp.ClientTimeout(total=self.settings.handler_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            # Each HTTP request times out before the whole handler call does.
-            per_request = min(DEFAULT_TIMEOUT, self.settings.handler_timeout * 0.9)
-            context = HandlerContext(lambda: self.clients, http, per_request)
+            context = HandlerContext(lambda: self.clients, http, settings=self.settings)
             outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
                                           lambda: self.clients, http)
-            handlers = load_handlers()
-            self._rt = Runtime(self.settings, self.topo, handlers, context, events, state,
-                               outbox, confirm, self.replica, ItemMetrics(handlers))
+            self._rt = Runtime(self.settings, self.topo, self._handlers, context, events,
+                               state, outbox, confirm, self.replica,
+                               ItemMetrics(self._handlers))
             await state.start()
             await outbox.start()
             try:

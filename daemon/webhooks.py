@@ -3,8 +3,10 @@
 The body is `{"event", "client_id", "message_id", "data"}` as JSON; the
 header `X-S2S-Signature: sha256=<hex>` is the HMAC-SHA256 of the raw body
 with the client's webhook secret. `sign` and `verify` are pure; `post` does
-the I/O and says whether a failure is worth retrying (SPEC section 7's rule:
-408, 429, 5xx, timeouts and connection errors are transient).
+the I/O and says whether a failure is worth retrying (SPEC section 7's rule,
+`handlers.connectors.http.classify_status`: 408, 429, 5xx, timeouts and
+connection errors are transient). Redirects are not followed: the signed
+body goes to the configured URL or nowhere.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from handlers.connectors.http import classify_status, quote_body, read_start
 
 SIGNATURE_HEADER = "X-S2S-Signature"
 
@@ -59,12 +63,13 @@ async def post(session: aiohttp.ClientSession, url: str, secret: str, raw: bytes
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, raw),
                "User-Agent": "s2s-queue"}
     try:
-        async with session.post(url, data=raw, headers=headers,
+        async with session.post(url, data=raw, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            if 200 <= resp.status < 300:
+            outcome = classify_status(resp.status)
+            if outcome == "ok":
                 return
-            start = (await resp.text(errors="replace"))[:200]
-            permanent = resp.status < 500 and resp.status not in (408, 429)
+            start = quote_body(await read_start(resp), (secret,))
+            permanent = outcome == "permanent"
             raise WebhookError(f"webhook {_host(url)} answered HTTP {resp.status}: {start}",
                                permanent=permanent)
     except (aiohttp.ClientError, TimeoutError) as exc:

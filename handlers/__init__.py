@@ -13,11 +13,17 @@ from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
 
-from handlers import orders, products, system
+from handlers import images, notifications, orders, products, system
 from handlers.base import Handler
 
 ENTRY_POINT_GROUP = "s2s_queue.handlers"
-BUILTIN_HANDLERS: tuple[Handler, ...] = (*system.HANDLERS, *products.HANDLERS, *orders.HANDLERS)
+BUILTIN_HANDLERS: tuple[Handler, ...] = (
+    *system.HANDLERS,
+    *products.HANDLERS,
+    *images.HANDLERS,
+    *orders.HANDLERS,
+    *notifications.HANDLERS,
+)
 
 
 class PluginError(Exception):

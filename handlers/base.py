@@ -10,9 +10,16 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from daemon.clients import ClientConfig, Connection
+    from daemon.settings import Settings
+    from handlers.connectors.http import HttpConnector
 
 P = TypeVar("P", bound=BaseModel)
 QueueKind = Literal["blocking", "nonblocking"]
@@ -31,14 +38,34 @@ class Item(Generic[P]):
 
 
 class Context(Protocol):
-    """What a handler may use; the daemon provides the implementation."""
+    """What a handler may use; the daemon provides the implementation (handlers/context.py)."""
 
-    def connection(self, client_id: str, section: str) -> Any:
+    @property
+    def settings(self) -> Settings:
+        """The daemon's settings: SMTP, image folder and limits, timeouts."""
+        ...
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The daemon's shared HTTP session (for calls that are not to a client connection)."""
+        ...
+
+    @property
+    def request_timeout(self) -> aiohttp.ClientTimeout:
+        """The default timeout of one HTTP request (shorter than the handler's)."""
+        ...
+
+    def client(self, client_id: str) -> ClientConfig:
+        """The client's settings from the clients file; PermanentError when it is not there."""
+        ...
+
+    def connection(self, client_id: str, section: str) -> Connection:
         """The client's connection settings for `section`; PermanentError when it has none."""
         ...
 
-    def connector(self, client_id: str, section: str) -> Any:
-        """An HTTP connector for the client's `section` (channel, catalog, source, warehouse)."""
+    def connector(self, client_id: str, section: str) -> HttpConnector:
+        """The connector for the client's `section` (channel, catalog, source, warehouse),
+        of the connection's kind (`http` or `magento2`); PermanentError when it has none."""
         ...
 
 

@@ -22,7 +22,9 @@ def _has_id(value: dict[str, Any]) -> dict[str, Any]:
 class OrderPayload(BaseModel):
     """The order to send to the client's accounting/ERP system."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [
+        {"order": {"id": "SO-1001", "lines": [{"sku": "ABC-1", "qty": 2}], "total": "19.80"}},
+    ]})
 
     order: dict[str, Any]
 
@@ -32,7 +34,10 @@ class OrderPayload(BaseModel):
 class FulfillmentPayload(BaseModel):
     """The fulfillment to send to the client's warehouse."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [
+        {"fulfillment": {"id": "F-77", "order_id": "SO-1001",
+                         "lines": [{"sku": "ABC-1", "qty": 2}]}},
+    ]})
 
     fulfillment: dict[str, Any]
 

@@ -16,7 +16,9 @@ from handlers.errors import PermanentError, TransientError
 class NoopPayload(BaseModel):
     """`{}` succeeds; `{"fail": "transient"}` or `{"fail": "permanent"}` fails that way."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [
+        {}, {"fail": "permanent"},
+    ]})
 
     fail: Literal["transient", "permanent"] | None = None
 

@@ -1,4 +1,5 @@
-"""Fixtures shared by the broker tests: a per-test prefix, the broker, the fake shop."""
+"""Fixtures shared by the tests: a per-test prefix, the broker, and the real loopback peers
+(fake shop, fake Magento, image host, SMTP server, webhook receiver)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.peers import FakeMagento, ImageHost, fake_magento, image_host
+from tests.sinks import HOOK_SECRET, HookSink, MailSink, hook_sink, mail_sink
 from tests.support import Broker, FakeShop, broker, fake_shop, unique_prefix
 
 
@@ -27,3 +30,31 @@ async def shop() -> AsyncIterator[FakeShop]:
     """A fake sales channel on loopback."""
     async with fake_shop() as s:
         yield s
+
+
+@pytest.fixture
+async def magento() -> AsyncIterator[FakeMagento]:
+    """A fake Magento 2 store (REST API) on loopback."""
+    async with fake_magento() as store:
+        yield store
+
+
+@pytest.fixture
+async def images() -> AsyncIterator[ImageHost]:
+    """An image host on loopback (also reachable as `localhost`: a host clients do not allow)."""
+    async with image_host() as host:
+        yield host
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[MailSink]:
+    """A real SMTP server on loopback that keeps every mail."""
+    async with mail_sink() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[HookSink]:
+    """A webhook receiver checking each signature with HOOK_SECRET."""
+    async with hook_sink(HOOK_SECRET) as sink:
+        yield sink

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class MailSink:
     mails: list[Mail] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)  # (username, password) tried
     password: str | None = None  # when set, AUTH is offered and must use it
+    tls: ssl.SSLContext | None = None  # when set, STARTTLS is offered and required
+    refuse: set[str] = field(default_factory=set)  # recipients answered with 550
     _controller: Controller | None = None
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
@@ -52,6 +55,13 @@ class MailSink:
         user, password = auth_data.login.decode(), auth_data.password.decode()
         self.logins.append((user, password))
         return AuthResult(success=password == self.password, handled=False)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.content if isinstance(envelope.content, bytes) else b""
@@ -63,7 +73,9 @@ class MailSink:
     def start(self) -> None:
         auth: dict[str, Any] = {}
         if self.password is not None:
-            auth = {"authenticator": self._authenticate, "auth_require_tls": False}
+            auth = {"authenticator": self._authenticate, "auth_require_tls": self.tls is not None}
+        if self.tls is not None:
+            auth |= {"tls_context": self.tls, "require_starttls": True}
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **auth)
         self._controller.start()
 
@@ -90,6 +102,10 @@ async def mail_sink() -> AsyncIterator[MailSink]:
         yield sink
     finally:
         sink.stop()
+
+
+HOOK_SECRET = "hook-secret"
+"""The webhook secret the `hooks` fixture's receiver verifies signatures with."""
 
 
 @dataclass

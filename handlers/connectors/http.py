@@ -1,8 +1,11 @@
 """The generic HTTP connector (SPEC §7): JSON over HTTP to a client's channel, catalog, etc.
 
-What a response or a failed call means is decided in two pure functions,
-`classify_status` and `http_error`; `HttpConnector.request` only does the I/O
-and maps aiohttp's exceptions to `TransientError` in one place.
+The one connector layer: every call a handler makes to another system (this
+connector, its Magento 2 subclass, image downloads, webhooks) decides what a
+response means with the pure `classify_status` and `http_error`, and maps
+aiohttp's exceptions to `TransientError` in one place, `transport_errors`.
+`HttpConnector` also holds the product and image operations of SPEC §7's
+table; a connector for another API (connectors/magento2.py) overrides them.
 
     aiohttp.ClientConnectionError, TimeoutError  -> TransientError  "PUT https://host/p failed: …"
     HTTP 408, 429, 5xx                           -> TransientError  "PUT /p → HTTP 503: <body>"
@@ -15,8 +18,10 @@ blanked out.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -27,6 +32,9 @@ from daemon import __version__
 from daemon.clients import Connection
 from handlers.errors import HandlerError, PermanentError, TransientError
 
+if TYPE_CHECKING:
+    from handlers.connectors.images import Image
+
 Outcome = Literal["ok", "transient", "permanent"]
 
 BODY_QUOTE_CHARS = 200
@@ -35,6 +43,24 @@ _BODY_READ_BYTES = 4096  # enough for 200 characters after whitespace collapses,
 
 
 USER_AGENT = f"s2s-queue/{__version__}"
+GONE = (404, 410)
+"""Statuses that mean a deleted thing is not there: the delete is done (idempotent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEntry:
+    """One product image as `image.sync` describes it (its `url` host already checked)."""
+
+    sku: str
+    image_id: str
+    url: str
+    label: str | None = None
+    position: int | None = None
+    roles: tuple[str, ...] = ()
+
+
+Fetch = Callable[[str], Awaitable["Image"]]
+"""Downloads an image URL (host-checked, size-capped, sniffed): for channels that want bytes."""
 
 
 def classify_status(status: int) -> Outcome:
@@ -60,13 +86,15 @@ def http_error(
     by mistake are not shown; each of `secrets` found in the body is blanked.
     """
     path = urlsplit(url_path).path or "/"
-    snippet = _quote_body(body_text, secrets)
+    snippet = quote_body(body_text, secrets)
     message = f"{method} {path} → HTTP {status}" + (f": {snippet}" if snippet else "")
     error = TransientError if classify_status(status) == "transient" else PermanentError
     return error(message)
 
 
-def _quote_body(body_text: str, secrets: Iterable[str]) -> str:
+def quote_body(body_text: str, secrets: Iterable[str] = ()) -> str:
+    """The start of a response body for an error message: whitespace collapsed, at most
+    `BODY_QUOTE_CHARS` characters, each of `secrets` blanked out."""
     for secret in secrets:
         if secret:
             body_text = body_text.replace(secret, "***")
@@ -106,7 +134,7 @@ class HttpConnector:
             self._headers["Authorization"] = f"Bearer {token}"
 
     def __repr__(self) -> str:
-        return f"HttpConnector(client_id={self._client_id!r}, base_url={_display(self._base)!r})"
+        return f"HttpConnector(client_id={self._client_id!r}, base_url={display_url(self._base)!r})"
 
     async def put(self, path_segments: Sequence[str], json: Any, *, message_id: str) -> Any:
         """`PUT` `json` to the path; see `request`."""
@@ -144,7 +172,7 @@ class HttpConnector:
         url = self.url(path_segments)
         headers = {**self._headers, "Idempotency-Key": message_id}
         data = None if json is None else orjson.dumps(json)
-        try:
+        with transport_errors(method, url, self._timeout):
             async with self._session.request(
                 method,
                 url,
@@ -154,16 +182,42 @@ class HttpConnector:
                 allow_redirects=False,
             ) as resp:
                 if classify_status(resp.status) != "ok" and resp.status not in accept:
-                    body = await _read_start(resp)
+                    body = self.describe_body(await read_start(resp))
                     raise http_error(method, url.raw_path, resp.status, body, secrets=self._secrets)
                 payload = await resp.read()
                 is_json = resp.content_type == "application/json" or resp.content_type.endswith(
                     "+json"
                 )
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            reason = _reason(exc, self._timeout)
-            raise TransientError(f"{method} {_display(url)} failed: {reason}") from exc
         return _decode(payload) if is_json else None
+
+    def describe_body(self, body_text: str) -> str:
+        """The part of an error response worth quoting; a connector for one API may tidy it."""
+        return body_text
+
+    # -- what the product and image handlers ask of a channel or catalog (SPEC §7) ----
+
+    async def put_product(self, sku: str, product: Mapping[str, Any], *, message_id: str) -> None:
+        """Create or update: `PUT products/{sku}` with the product as body."""
+        await self.put(("products", sku), product, message_id=message_id)
+
+    async def delete_product(self, sku: str, *, message_id: str) -> None:
+        """`DELETE products/{sku}`; 404 or 410 mean it is gone already, which is what was asked."""
+        await self.delete(("products", sku), message_id=message_id, accept=GONE)
+
+    async def put_image(self, entry: ImageEntry, fetch: Fetch, *, message_id: str) -> None:
+        """`PUT products/{sku}/images/{image_id}` with `{"url": ...}` (and label, position, roles
+        when given): the channel fetches the image itself, so `fetch` is not called."""
+        body: dict[str, Any] = {"url": entry.url}
+        body |= {k: v for k, v in (("label", entry.label), ("position", entry.position)) if v}
+        if entry.roles:
+            body["roles"] = list(entry.roles)
+        await self.put(("products", entry.sku, "images", entry.image_id), body,
+                       message_id=message_id)
+
+    async def delete_image(self, sku: str, image_id: str, *, message_id: str) -> None:
+        """`DELETE products/{sku}/images/{image_id}`; gone already counts as done."""
+        await self.delete(("products", sku, "images", image_id), message_id=message_id,
+                          accept=GONE)
 
     def url(self, path_segments: Sequence[str]) -> URL:
         """`base_url` joined with the escaped segments; PermanentError on `.` or `..`.
@@ -180,7 +234,21 @@ class HttpConnector:
         return URL(f"{self._base}/{escaped}", encoded=True)
 
 
-async def _read_start(resp: aiohttp.ClientResponse) -> str:
+@contextmanager
+def transport_errors(method: str, url: URL, timeout: aiohttp.ClientTimeout) -> Iterator[None]:
+    """Turn aiohttp's connection-level failures into one readable `TransientError`.
+
+    The one place they are mapped (STYLE 6): every request a connector or
+    handler makes goes through it.
+    """
+    try:
+        yield
+    except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        reason = _reason(exc, timeout)
+        raise TransientError(f"{method} {display_url(url)} failed: {reason}") from exc
+
+
+async def read_start(resp: aiohttp.ClientResponse) -> str:
     """The first few KB of the body as text: enough to quote, without reading a huge page."""
     chunks: list[bytes] = []
     size = 0
@@ -211,7 +279,7 @@ def _reason(exc: BaseException, timeout: aiohttp.ClientTimeout) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _display(url: URL) -> str:
+def display_url(url: URL) -> str:
     """The URL without credentials, query or fragment, for messages."""
     return f"{url.origin()}{url.raw_path}"
 

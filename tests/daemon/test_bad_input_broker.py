@@ -20,8 +20,9 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("empty message_id", {"message_id": ""}, "message has no message_id property"),
     ("no type", {"type": None}, "message has no type property"),
     ("unknown type", {"type": "product.teleport"},
-     "unknown type 'product.teleport'; known types: fulfillment.add, order.add_to_source, "
-     "product.delete, product.sync, system.noop"),
+     "unknown type 'product.teleport'; known types: fulfillment.add, image.fetch, image.sync, "
+     "notification.email, notification.webhook, order.add_to_source, product.delete, "
+     "product.sync, system.noop"),
     ("wrong content type", {"content_type": "text/plain"},
      "content_type is 'text/plain', expected 'application/json'"),
     ("no client header", {"headers": {}}, "message has no client_id header"),

@@ -14,7 +14,10 @@ from handlers.products import SyncPayload
 from handlers.system import NoopPayload
 
 HANDLERS = load_handlers()
-KNOWN = "fulfillment.add, order.add_to_source, product.delete, product.sync, system.noop"
+KNOWN = (
+    "fulfillment.add, image.fetch, image.sync, notification.email, notification.webhook, "
+    "order.add_to_source, product.delete, product.sync, system.noop"
+)
 MAX_BODY = 1000
 
 

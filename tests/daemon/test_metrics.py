@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.metrics import FAILED_FINAL, SKIPPED, SUCCEEDED, ItemMetrics
 from daemon.runtime import call_handler
-from handlers.base import Item
+from handlers.base import Context, Item
 from handlers.errors import PermanentError, TransientError
 from tests.daemon.test_runtime import NoContext, parsed
 
@@ -96,10 +96,10 @@ async def test_every_handler_call_is_timed_whatever_its_outcome(func, error):
     """One observation per call, so the histogram's count is the number of attempts."""
     metrics = ItemMetrics()
     if error is None:
-        await call_handler(parsed(func), 1, NoContext(), 0.05, metrics)
+        await call_handler(parsed(func), 1, cast(Context, NoContext()), 0.05, metrics)
     else:
         with pytest.raises(error):
-            await call_handler(parsed(func), 1, NoContext(), 0.05, metrics)
+            await call_handler(parsed(func), 1, cast(Context, NoContext()), 0.05, metrics)
     assert calls(metrics, "test.thing") == 1
     seconds = registry(metrics).get_sample_value(
         "s2s_handler_duration_seconds_sum", {"type": "test.thing", "queue": "blocking"})

@@ -133,7 +133,7 @@ async def test_retry_failed_runs_it_again_and_skip_failed_archives_it(
 
 @pytest.mark.parametrize(("body", "error"), [
     (b'{"order": {}}', "payload is not valid for order.add_to_source: order: "
-                       "Value error, needs an 'id'"),
+                       "needs an 'id'"),
     (b"[1]", "body is not a JSON object"),
 ])
 async def test_bad_input_goes_straight_to_failed_without_retries(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.sinks import HookSink, MailSink, hook_sink, mail_sink
+from tests.sinks import HOOK_SECRET, HookSink, MailSink
 from tests.support import (
     Broker,
     FakeShop,
@@ -22,19 +21,7 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.timeout(90)
-SECRET = "hook-secret"
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[MailSink]:
-    async with mail_sink() as sink:
-        yield sink
-
-
-@pytest.fixture
-async def hooks() -> AsyncIterator[HookSink]:
-    async with hook_sink(SECRET) as sink:
-        yield sink
+SECRET = HOOK_SECRET  # what the `hooks` fixture (tests/conftest.py) verifies with
 
 
 def _settings(prefix: str, tmp_path: Path, shop: FakeShop, smtp: MailSink, hooks: HookSink,

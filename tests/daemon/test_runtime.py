@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from daemon.items import Parsed
 from daemon.metrics import ItemMetrics
 from daemon.runtime import backoff, call_handler
-from handlers.base import Handler, HandlerFunc, Item
+from handlers.base import Context, Handler, HandlerFunc, Item
 from handlers.errors import PermanentError, TransientError
 
 
@@ -23,7 +23,7 @@ class Payload(BaseModel):
 
 
 class NoContext:
-    """A handler context that no handler here uses."""
+    """A handler context that no handler here uses (only what they would call, raising)."""
 
     def connection(self, client_id: str, section: str) -> Any:
         raise AssertionError("not used")
@@ -39,7 +39,7 @@ def parsed(func: HandlerFunc, type_: str = "test.thing") -> Parsed:
 
 
 async def run(func: HandlerFunc, attempt: int = 1, limit: float = 5.0) -> None:
-    await call_handler(parsed(func), attempt, NoContext(), limit, ItemMetrics())
+    await call_handler(parsed(func), attempt, cast(Context, NoContext()), limit, ItemMetrics())
 
 
 @pytest.mark.parametrize(

@@ -212,3 +212,24 @@ def test_list_entries_are_named_by_index(tmp_path):
     """An error inside a list shows which entry, like `notify_emails[1]`."""
     message = load_error(tmp_path, '[clients.acme]\nnotify_emails = ["a@b.example", 7]\n')
     assert "clients.acme.notify_emails[1]: " in message
+
+
+@pytest.mark.parametrize("section", ["source", "warehouse"])
+def test_magento2_is_refused_for_back_office_sections(tmp_path, section):
+    """Magento 2 is a sales channel (or catalog); orders and fulfillments go to generic APIs."""
+    message = load_error(tmp_path, f'[clients.acme.{section}]\nkind = "magento2"\n'
+                                   'base_url = "https://m2.example"\n')
+    assert message.endswith(
+        f"clients.acme: {section}.kind: magento2 is a sales channel or catalog kind; the "
+        f'{section} speaks the generic API (kind = "http")'
+    )
+
+
+def test_magento2_is_accepted_for_the_channel_and_the_catalog(tmp_path):
+    """Both product targets may be Magento stores."""
+    text = "".join(f'[clients.acme.{s}]\nkind = "magento2"\nbase_url = "https://m2.example"\n'
+                   for s in ("channel", "catalog"))
+    config = load_clients_file(write(tmp_path, text))["acme"]
+    assert config.channel is not None
+    assert config.catalog is not None
+    assert (config.channel.kind, config.catalog.kind) == ("magento2", "magento2")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from daemon.clients import ClientConfig, Connection
+from daemon.settings import Settings
 from handlers.base import Context
 from handlers.connectors import HttpConnector
+from handlers.connectors.magento2 import Magento2Connector
 from handlers.context import HandlerContext
 from handlers.errors import PermanentError
 
@@ -47,10 +49,26 @@ def test_an_unknown_section_is_refused(ctx):
         ctx.connection("acme", "shop")
 
 
-def test_magento2_connections_are_refused_for_now(session):
-    """Until the Magento 2 connector lands, such an item fails permanently and says why."""
-    config = ClientConfig(channel=Connection(kind="magento2", base_url="https://m2.example"))
+def test_magento2_connections_get_the_magento_connector(session):
+    """`kind` picks the connector class; both share the daemon's session."""
+    config = ClientConfig(channel=Connection(kind="magento2", base_url="https://m2.example"),
+                          catalog=Connection(base_url="https://cat.example"))
     ctx = HandlerContext(lambda: {"acme": config}, session)
+    assert isinstance(ctx.connector("acme", "channel"), Magento2Connector)
+    assert type(ctx.connector("acme", "catalog")) is HttpConnector
+
+
+def test_the_context_gives_the_client_and_names_a_missing_one(ctx, clients):
+    """`client()` returns the client's settings, or a permanent error naming the client."""
+    assert ctx.client("acme") == clients["acme"]
     with pytest.raises(PermanentError) as info:
-        ctx.connector("acme", "channel")
-    assert str(info.value) == "magento2 connections are not supported yet"
+        ctx.client("ghost")
+    assert str(info.value) == "client 'ghost' is not in the clients file"
+
+
+def test_requests_time_out_before_the_handler_does(session):
+    """Without an explicit default, a request gets 90 % of the handler timeout, at most 30 s."""
+    quick = HandlerContext(lambda: {}, session, settings=Settings(handler_timeout=10))
+    assert quick.request_timeout.total == 9.0
+    slow = HandlerContext(lambda: {}, session, settings=Settings(handler_timeout=600))
+    assert slow.request_timeout.total == 30.0

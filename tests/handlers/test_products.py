@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from daemon.clients import ClientConfig
+from daemon.items import describe_payload_error
 from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError
 from handlers.products import DeletePayload, SyncPayload, delete_product, sync_product
@@ -180,3 +182,15 @@ def test_payloads_refuse_unknown_fields():
     """A misspelt field is an invalid item, not silently dropped."""
     with pytest.raises(ValueError, match="trget"):
         DeletePayload.model_validate({"sku": "A", "trget": "catalog"})
+
+
+def test_a_product_naming_another_sku_is_refused():
+    """`product.sku`, when present, must be the item's `sku`: which one was meant is unclear."""
+    body = b'{"sku": "A-1", "product": {"sku": "B-2"}}'
+    with pytest.raises(ValidationError) as info:
+        SyncPayload.model_validate_json(body)
+    assert describe_payload_error("product.sync", info.value) == (
+        "payload is not valid for product.sync: product: its sku 'B-2' is not "
+        "the item's sku 'A-1'"
+    )
+    assert SyncPayload.model_validate({"sku": "A-1", "product": {"sku": "A-1"}}).sku == "A-1"
