@@ -112,7 +112,7 @@ class FakeShop:
     script: dict[str, list[int]] = field(default_factory=dict)
     delay: float = 0.0
     always: dict[str, int] = field(default_factory=dict)  # sku -> status on every request
-    running: set[str] = field(default_factory=set)
+    running: dict[str, web.Request] = field(default_factory=dict)
     overlaps: list[str] = field(default_factory=list)  # skus that ran twice at the same time
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -123,14 +123,18 @@ class FakeShop:
                               request.headers.get("X-S2S-Client", ""),
                               request.headers.get("Idempotency-Key", ""), await request.read(),
                               time.time()))
-        if sku in self.running:
+        earlier = self.running.get(sku)
+        if earlier is not None and _still_connected(earlier):
+            # A request whose client hung up is not a second run: aiohttp's client
+            # resends an idempotent request once when a pooled connection drops.
             self.overlaps.append(sku)
-        self.running.add(sku)
+        self.running[sku] = request
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
         finally:
-            self.running.discard(sku)
+            if self.running.get(sku) is request:
+                del self.running[sku]
         if sku in self.always:
             status = self.always[sku]
             body = '{"message":"sku rejected by the shop"}'
@@ -142,6 +146,11 @@ class FakeShop:
 
     def skus(self, client: str | None = None) -> list[str]:
         return [s.sku for s in self.seen if client is None or s.client == client]
+
+
+def _still_connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 @asynccontextmanager
