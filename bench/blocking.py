@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     beam = local_broker(args)
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix=f"{args.prefix}-")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
     version = code_version()
     print(f"{args.clients} clients x {args.items} {ITEM_TYPE} items, {args.queue_type} queues, "
           f"prefix {args.prefix!r}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M %Z')}")

@@ -146,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("note: no local beam.smp: the broker's CPU is not read")
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix=f"{args.prefix}-")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
     version = code_version()
     print(f"{args.items} {ITEM_TYPE} items over {args.clients} clients, {args.queue_type} queues,"
           f" prefix {args.prefix!r}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M %Z')}")
