@@ -69,17 +69,19 @@ async def run_raw(setup: Setup, run: int, options: Sequence[str]) -> Window:
 async def with_retries(setup: Setup, window: Callable[[], Awaitable[Window]]) -> Window:
     """Measure a window, again if the broker went away or other processes used the cores.
 
-    At most RETRIES times more; of disturbed windows, the least disturbed one is kept.
+    At most RETRIES times more; of disturbed windows, the least disturbed one is kept
+    (also when the broker goes away during the last try).
     """
     best: Window | None = None
     for attempt in range(RETRIES + 1):
         try:
             measured = await window()
         except Exception as exc:
-            if not setup.lost.is_set() or attempt == RETRIES:
+            if not setup.lost.is_set() or (attempt == RETRIES and best is None):
                 raise
-            print(f"  the broker went away ({type(exc).__name__}); measuring again once it is"
-                  " back")
+            then = ("keeping the (disturbed) window measured before" if attempt == RETRIES
+                    else "measuring again once it is back")
+            print(f"  the broker went away ({type(exc).__name__}); {then}")
             await setup.clean()
             continue
         if best is None or measured.other_cores < best.other_cores:
