@@ -39,7 +39,6 @@ if __package__ in (None, ""):  # run as a script (`make bench`): make `bench` im
 
 import argparse
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -47,7 +46,7 @@ from functools import partial
 from bench import machine
 from bench.broker import ITEM_TYPE
 from bench.daemon_run import DAEMON, VARIANTS, run_daemon
-from bench.harness import RAW, code_version, measure_runs, run_and_report, run_raw
+from bench.harness import RAW, code_version, ensure_workdir, measure_runs, run_and_report, run_raw
 from bench.window import Setup, Window
 
 GOAL = 0.8  # daemon items/s over raw items/s, from the issue
@@ -113,9 +112,7 @@ def plan(setup: Setup, run: int) -> list[tuple[str, Callable[[], Awaitable[Windo
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     beam = local_broker(args)
-    if args.workdir is None:
-        args.workdir = tempfile.mkdtemp(prefix=f"{args.prefix}-")
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    ensure_workdir(args)
     version = code_version()
     print(f"{args.clients} clients x {args.items} {ITEM_TYPE} items, {args.queue_type} queues, "
           f"prefix {args.prefix!r}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M %Z')}")

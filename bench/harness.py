@@ -10,6 +10,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -154,6 +155,13 @@ def report(windows: list[Window], goal: float | None = None) -> None:
 
 
 # -- the main loop ----------------------------------------------------------------------------
+
+
+def ensure_workdir(args: argparse.Namespace) -> None:
+    """`--workdir`, made if missing; a new temp dir when not given."""
+    if args.workdir is None:
+        args.workdir = tempfile.mkdtemp(prefix=f"{args.prefix}-")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
 
 
 def code_version() -> str:

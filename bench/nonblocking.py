@@ -49,7 +49,6 @@ if __package__ in (None, ""):  # run as a script (`make bench`): make `bench` im
 
 import argparse
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -58,7 +57,7 @@ from importlib import metadata
 from bench import machine
 from bench.broker import ITEM_TYPE, prefill_nonblocking
 from bench.daemon_run import DAEMON, VARIANTS, run_daemon
-from bench.harness import RAW, code_version, measure_runs, run_and_report, run_raw
+from bench.harness import RAW, code_version, ensure_workdir, measure_runs, run_and_report, run_raw
 from bench.window import Setup, Window
 from bench.workers import FRAMEWORKS, run_worker
 
@@ -144,9 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     beam = machine.broker_pid()
     if beam is None:
         print("note: no local beam.smp: the broker's CPU is not read")
-    if args.workdir is None:
-        args.workdir = tempfile.mkdtemp(prefix=f"{args.prefix}-")
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    ensure_workdir(args)
     version = code_version()
     print(f"{args.items} {ITEM_TYPE} items over {args.clients} clients, {args.queue_type} queues,"
           f" prefix {args.prefix!r}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M %Z')}")
