@@ -3,7 +3,7 @@
 #   make run     local broker + the daemon with examples/demo.toml
 #   make test    ruff, mypy and pytest against the local broker (and headless chromium)
 #   make check   ruff and mypy only (no broker needed)
-#   make bench   the blocking-queue benchmark
+#   make bench   the blocking- and non-blocking-queue benchmarks (+ Celery, Dramatiq)
 #   make clean   remove the virtualenv and caches
 #
 # PYTEST_ARGS is passed to pytest, e.g. make test PYTEST_ARGS='-k parking -x'.
@@ -19,6 +19,8 @@ BIN := $(VENV)/bin
 # Touched after a successful install: pip runs again only when pyproject.toml
 # is newer, or the virtualenv is new.
 STAMP := $(VENV)/.installed
+# The same for the bench extra (Celery, Dramatiq): `make test` does not need it.
+BENCH_STAMP := $(VENV)/.installed-bench
 CONFIG := examples/demo.toml
 PYTEST_ARGS ?=
 
@@ -33,6 +35,10 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -64,8 +70,9 @@ check: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: venv broker
+bench: $(BENCH_STAMP) broker
 	$(BIN)/python bench/blocking.py
+	$(BIN)/python bench/nonblocking.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

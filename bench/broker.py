@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from daemon.producer import item_message
@@ -57,11 +58,16 @@ def listed(kind: str, prefix: str) -> set[str]:
     return {n for n in out.stdout.split() if n.startswith(f"{prefix}.")}
 
 
-async def delete_everything(connection: AbstractConnection, topo: Topology, ids: list[str]) -> None:
-    """Delete every queue and exchange of the prefix: the known ones and whatever is listed."""
-    queues = {topo.client_queue(c) for c in ids} | listed("queues", topo.prefix)
+async def delete_everything(
+    connection: AbstractConnection, topo: Topology, ids: list[str], others: Iterable[str] = ()
+) -> None:
+    """Delete every queue and exchange of the prefix: the known ones and whatever is listed.
+
+    `others`: more names under the prefix, deleted as queues and as exchanges.
+    """
+    queues = {topo.client_queue(c) for c in ids} | listed("queues", topo.prefix) | set(others)
     queues |= {topo.state, topo.archive, topo.deadletter, topo.unrouted, topo.nonblocking}
-    exchanges = listed("exchanges", topo.prefix) | {
+    exchanges = listed("exchanges", topo.prefix) | set(others) | {
         topo.blocking, topo.unrouted, topo.nonblocking, topo.control, topo.events,
         topo.deadletter,
     }
@@ -78,6 +84,27 @@ async def declare_everything(
     await on_channels(connection, ids, lambda ch, c: declare_client_queue(ch, topo, c))
 
 
+async def publish_all(
+    connection: AbstractConnection, exchange: str, messages: Iterable[tuple[Message, str]]
+) -> float:
+    """Publish (message, routing key) pairs to `exchange` ("": the default), confirmed.
+
+    Returns the seconds it took; PUBLISH_BATCH publishes are in flight at a time.
+    """
+    started = time.monotonic()
+    async with connection.channel(publisher_confirms=True) as channel:
+        target = (channel.default_exchange if exchange == ""
+                  else await channel.get_exchange(exchange, ensure=False))
+        pending: list[Awaitable[Any]] = []
+        for message, routing_key in messages:
+            pending.append(target.publish(message, routing_key=routing_key))
+            if len(pending) >= PUBLISH_BATCH:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    return time.monotonic() - started
+
+
 async def prefill(
     connection: AbstractConnection, topo: Topology, ids: list[str], items: int
 ) -> float:
@@ -86,29 +113,28 @@ async def prefill(
     Items go round the clients (item 1 to everyone, then item 2, ...) through
     `<prefix>.blocking`, as producers publish them.
     """
-    started = time.monotonic()
-    async with connection.channel(publisher_confirms=True) as channel:
-        exchange = await channel.get_exchange(topo.blocking, ensure=False)
-        pending: list[Awaitable[Any]] = []
-        for _ in range(items):
-            for client in ids:
-                message = item_message(client, ITEM_TYPE, {})
-                pending.append(exchange.publish(message, routing_key=client))
-                if len(pending) >= PUBLISH_BATCH:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-        await asyncio.gather(*pending)
-    return time.monotonic() - started
+    messages = ((item_message(c, ITEM_TYPE, {}), c) for _ in range(items) for c in ids)
+    return await publish_all(connection, topo.blocking, messages)
+
+
+async def prefill_nonblocking(
+    connection: AbstractConnection, topo: Topology, ids: list[str], items: int
+) -> float:
+    """Publish `items` noop items in all, round the clients, to `<prefix>.nonblocking`."""
+    messages = ((item_message(ids[i % len(ids)], ITEM_TYPE, {}), ids[i % len(ids)])
+                for i in range(items))
+    return await publish_all(connection, topo.nonblocking, messages)
 
 
 def items_left(prefix: str) -> int:
-    """Messages (ready and unacked) in the client queues, as rabbitmqctl counts them.
+    """Messages (ready and unacked) in the client queues and the non-blocking queue.
 
-    Quorum queue counts lag by a few seconds (DESIGN.md fact 9).
+    As rabbitmqctl counts them. Quorum queue counts lag by a few seconds (DESIGN.md fact 9).
     """
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_queues", "name", "messages", "--no-table-headers"],
         capture_output=True, text=True, check=True, timeout=120,
     )
     rows = (line.split() for line in out.stdout.splitlines())
-    return sum(int(r[1]) for r in rows if len(r) == 2 and r[0].startswith(f"{prefix}.blocking."))
+    return sum(int(r[1]) for r in rows if len(r) == 2 and (
+        r[0].startswith(f"{prefix}.blocking.") or r[0] == f"{prefix}.nonblocking"))

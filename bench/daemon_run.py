@@ -94,7 +94,7 @@ async def started_daemon(
     args = setup.args
     workdir = Path(args.workdir)
     clients_file = workdir / "clients.toml"
-    clients_file.write_text(clients_toml(setup.ids))
+    clients_file.write_text(clients_toml(setup.registered))
     log_path = workdir / f"daemon-{args.queue_type}-{variant.name}-{time.strftime('%H%M%S')}.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
@@ -105,8 +105,9 @@ async def started_daemon(
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
             ready = await wait_ready(proc, setup)
-        if ready != args.clients:
-            raise RuntimeError(f"the daemon is ready with {ready} clients, not {args.clients}")
+        if ready != len(setup.registered):
+            raise RuntimeError(f"the daemon is ready with {ready} clients,"
+                               f" not {len(setup.registered)}")
         yield proc, log_path
     finally:
         code = await stop_child(proc)

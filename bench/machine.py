@@ -29,6 +29,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / clock_tick()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (a worker's pool), from /proc/<pid>/task/*/children."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = [int(c) for c in (task / "children").read_text().split()]
+                found.extend(children)
+                todo.extend(children)
+        except OSError:  # exited meanwhile
+            continue
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and of its descendants still running (a pool that stays up)."""
+    total = cpu_seconds(pid)
+    for each in descendants(pid):
+        try:
+            total += cpu_seconds(each)
+        except OSError:  # exited meanwhile
+            continue
+    return total
+
+
 def machine_busy_seconds() -> float:
     """Non-idle CPU seconds of all cores since boot, from /proc/stat."""
     ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -38,7 +65,7 @@ def machine_busy_seconds() -> float:
 
 @dataclass(frozen=True)
 class Cpu:
-    """CPU seconds: the measured child, the broker, this script, the whole machine."""
+    """CPU seconds: the measured child and its pool, the broker, this script, the machine."""
 
     child: float
     broker: float
@@ -48,7 +75,7 @@ class Cpu:
     @classmethod
     def sample(cls, child: int, beam: int | None) -> Cpu:
         times = os.times()
-        return cls(cpu_seconds(child), cpu_seconds(beam) if beam else 0.0,
+        return cls(tree_cpu_seconds(child), cpu_seconds(beam) if beam else 0.0,
                    times.user + times.system, machine_busy_seconds())
 
     def __sub__(self, other: Cpu) -> Cpu:

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
 
@@ -45,13 +46,28 @@ class Setup:
 
     @property
     def expected(self) -> int:
+        """Items in one window."""
         return int(self.args.clients * self.args.items)
+
+    @property
+    def registered(self) -> list[str]:
+        """The clients the daemon is started with."""
+        return self.ids
+
+    async def fill(self) -> None:
+        """Pre-fill what the child drains: `--items` noop items to every client queue."""
+        await prefill(self.connection, self.topo, self.ids, self.args.items)
+
+    @property
+    def others(self) -> list[str]:
+        """Names under the prefix that are neither the daemon's nor listed by the broker."""
+        return []
 
     async def clean(self) -> None:
         """Delete everything under the prefix, once the broker is there."""
         async with asyncio.timeout(START_TIMEOUT_S):
             await self.connection.connected.wait()
-        await delete_everything(self.connection, self.topo, self.ids)
+        await delete_everything(self.connection, self.topo, self.ids, self.others)
 
     async def clean_quietly(self) -> None:
         """`clean`, in a `finally`: a failure is reported, the next `clean` tries again."""
@@ -86,22 +102,37 @@ class Window:
         return self.other_cores > DISTURBED_CORES
 
 
+def signal_child(pid: int, signum: int) -> None:
+    """Signal a child; a child that leads its own process group gets it group-wide.
+
+    A worker with a pool (Celery prefork, Dramatiq's processes) is started in a
+    session of its own, so freezing it freezes every process that holds a
+    consumer, and thawing it thaws them all.
+    """
+    if os.getpgid(pid) == pid:
+        os.killpg(pid, signum)
+    else:
+        os.kill(pid, signum)
+
+
 async def measure(
-    setup: Setup, run: int, side: str, pid: int, wait_done: Callable[[], Awaitable[float]]
+    setup: Setup, run: int, side: str, pid: int, wait_done: Callable[[], Awaitable[float]],
+    fill: Callable[[], Awaitable[Any]] | None = None,
 ) -> Window:
     """Freeze child `pid`, pre-fill, wait for quiet, thaw it and time the drain.
 
-    `wait_done` returns when the last item is done, in `time.monotonic()`.
+    `fill` pre-fills (default: `setup.fill`); `wait_done` returns when the last
+    item is done, in `time.monotonic()`.
     """
-    os.kill(pid, signal.SIGSTOP)
+    signal_child(pid, signal.SIGSTOP)
     try:
-        await prefill(setup.connection, setup.topo, setup.ids, setup.args.items)
+        await (fill or setup.fill)()
         await machine.wait_quiet(pid, setup.beam)
         setup.lost.clear()
         cpu0 = Cpu.sample(pid, setup.beam)
         start = time.monotonic()
     finally:
-        os.kill(pid, signal.SIGCONT)
+        signal_child(pid, signal.SIGCONT)
     end = await until_done_or_lost(setup, wait_done)
     cpu = Cpu.sample(pid, setup.beam) - cpu0
     return Window(run, side, setup.expected, end - start, cpu)
@@ -122,15 +153,19 @@ async def until_done_or_lost(setup: Setup, wait_done: Callable[[], Awaitable[flo
 
 
 async def stop_child(proc: asyncio.subprocess.Process, grace_s: float = 60) -> int:
-    """SIGTERM (if still running) and wait; SIGKILL if it does not exit in time."""
+    """SIGTERM (if still running) and wait; SIGKILL if it does not exit in time.
+
+    A child leading its own process group is thawed, and if need be killed, group-wide.
+    """
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)
+            signal_child(proc.pid, signal.SIGCONT)
             proc.terminate()
         try:
             async with asyncio.timeout(grace_s):
                 await proc.wait()
         except TimeoutError:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                signal_child(proc.pid, signal.SIGKILL)
             await proc.wait()
     return proc.returncode if proc.returncode is not None else -1
