@@ -19,10 +19,12 @@ import time
 from typing import Any
 
 import aio_pika
+import aiormq.abc
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from daemon.delivery import Delivery
 from daemon.items import BadItem, Parsed, parse_item, payload_for_display
 from daemon.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED
 from daemon.notifications import Failure, Resumed
@@ -56,7 +58,7 @@ class BlockingConsumer:
         self.client_id = client_id
         self._rt = rt
         self._queue: AbstractQueue | None = None
-        self._head: AbstractIncomingMessage | None = None
+        self._head: Delivery | None = None
         self._parked: Record | None = None
         self._running: asyncio.Task[Any] | None = None
         self._resumed: asyncio.Task[None] | None = None
@@ -98,7 +100,11 @@ class BlockingConsumer:
     async def start(self, channel: AbstractChannel) -> None:
         """Declare the queue on `channel` and start consuming (prefetch 1 set on the channel)."""
         self._queue = await declare_client_queue(channel, self._rt.topo, self.client_id)
-        await self._queue.consume(self._on_message)
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_consume(self._queue.name, self._on_delivery)
+
+    async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
+        await self._on_message(Delivery(message))
 
     def begin_stop(self) -> None:
         """Take no new item; what is held is handed back when the channel closes."""
@@ -129,7 +135,7 @@ class BlockingConsumer:
 
     # -- delivery ------------------------------------------------------------
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: Delivery) -> None:
         if self.busy:
             # A run that began on a channel since lost is still going (consumer_timeout,
             # say): never run one item twice at the same time.
@@ -162,7 +168,7 @@ class BlockingConsumer:
             log.exception("item.crashed", client_id=self.client_id,
                           message_id=message.message_id, type=message.type)
 
-    async def _restore_park(self, message: AbstractIncomingMessage) -> bool:
+    async def _restore_park(self, message: Delivery) -> bool:
         """Hold `message` again if the state log says it is the parked item.
 
         A redelivered head item may be parked (held again, unrun, unannounced) or
@@ -189,7 +195,7 @@ class BlockingConsumer:
         )
         return False
 
-    async def _run_guarded(self, message: AbstractIncomingMessage) -> None:
+    async def _run_guarded(self, message: Delivery) -> None:
         """Run the head item with the idle flag and task handle kept right."""
         self._idle.clear()
         self._running = asyncio.current_task()
@@ -199,7 +205,7 @@ class BlockingConsumer:
             self._running = None
             self._idle.set()
 
-    def _parse(self, message: AbstractIncomingMessage) -> Parsed | BadItem:
+    def _parse(self, message: Delivery) -> Parsed | BadItem:
         rt = self._rt
         return parse_item(
             body=message.body,
@@ -213,7 +219,7 @@ class BlockingConsumer:
             max_body_bytes=rt.settings.max_body_bytes,
         )
 
-    async def _run(self, message: AbstractIncomingMessage) -> None:
+    async def _run(self, message: Delivery) -> None:
         parsed = self._parse(message)
         if isinstance(parsed, BadItem):
             await self._park(message, parsed.message_id, parsed.type, parsed.error, attempts=0)
@@ -249,7 +255,7 @@ class BlockingConsumer:
         )
 
     async def _succeeded(
-        self, message: AbstractIncomingMessage, parsed: Parsed, attempts: int, started: float
+        self, message: Delivery, parsed: Parsed, attempts: int, started: float
     ) -> None:
         item = parsed.item
         try:
@@ -264,7 +270,7 @@ class BlockingConsumer:
 
     async def _park(
         self,
-        message: AbstractIncomingMessage,
+        message: Delivery,
         message_id: str | None,
         type_: str | None,
         error: str,
@@ -330,7 +336,7 @@ class BlockingConsumer:
 
     # -- admin actions ---------------------------------------------------------
 
-    def _check_parked(self, message_id: str | None) -> tuple[AbstractIncomingMessage, Record]:
+    def _check_parked(self, message_id: str | None) -> tuple[Delivery, Record]:
         if self._parked is None or self._head is None:
             raise OperationError(f"client {self.client_id!r} is not parked")
         parked_id = self._parked.get("message_id")
@@ -387,7 +393,7 @@ class BlockingConsumer:
             return {"message_id": mid}
 
     async def _archive(
-        self, message: AbstractIncomingMessage, record: Record, actor: str, reason: str | None
+        self, message: Delivery, record: Record, actor: str, reason: str | None
     ) -> None:
         headers = dict(message.headers or {})
         headers.update({

@@ -14,6 +14,7 @@ import structlog
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from daemon import logs
 from daemon.events import Events
 from daemon.items import Parsed
 from daemon.metrics import SUCCEEDED, ItemMetrics
@@ -59,8 +60,8 @@ async def report_success(rt: Runtime, parsed: Parsed, attempts: int, started: fl
     item = parsed.item
     rt.metrics.count(item.type, item.queue, SUCCEEDED)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
-    log.info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
-             type=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms)
+    logs.hot_info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
+                  type=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms)
     if rt.settings.succeeded_events:
         await rt.events.publish(
             "item.succeeded", client_id=item.client_id, message_id=item.message_id,
