@@ -55,6 +55,8 @@ log = structlog.get_logger()
 
 Job = dict[str, Any]
 
+CRASH_PAUSE_S = 1.0
+
 _EVENTS = {"parked": "client.parked", "failed": "item.failed", "resumed": "client.resumed"}
 
 
@@ -174,6 +176,7 @@ class Outbox:
         except Exception:
             log.exception("notify.crashed", client_id=job.get("client_id"),
                           message_id=job.get("message_id"))
+            await asyncio.sleep(CRASH_PAUSE_S)  # a bug: retried, but not in a tight loop
             with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
                 await message.nack(requeue=True)
         finally:
