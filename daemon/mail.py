@@ -149,9 +149,12 @@ def message(mail: Mail, sender: str) -> EmailMessage:
 class MailError(Exception):
     """Sending failed; `permanent` when trying again cannot help."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool, settings: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        # Caused by our SMTP settings (login refused, sender refused): fixing them
+        # makes it succeed, so failure notifications keep trying meanwhile.
+        self.settings = settings
 
 
 async def send(mail: Mail, settings: Settings) -> dict[str, str]:
@@ -175,10 +178,11 @@ async def send(mail: Mail, settings: Settings) -> dict[str, str]:
         raise MailError(f"SMTP refused every recipient: {each}", permanent=True) from None
     except aiosmtplib.SMTPSenderRefused as exc:
         raise MailError(f"SMTP refused the sender {exc.sender}: {exc.code} {exc.message}",
-                        permanent=True) from None
+                        permanent=True, settings=True) from None
     except aiosmtplib.SMTPResponseException as exc:
         permanent = 500 <= exc.code < 600 and exc.code != 530  # 530: auth needed (config)
-        raise MailError(f"SMTP {exc.code}: {exc.message}", permanent=permanent) from None
+        raise MailError(f"SMTP {exc.code}: {exc.message}", permanent=permanent,
+                        settings=exc.code in (530, 534, 535)) from None
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         where = f"{settings.smtp_host}:{settings.smtp_port}"
         raise MailError(f"SMTP server {where}: {type(exc).__name__}: {exc}",

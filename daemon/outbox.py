@@ -285,14 +285,18 @@ class Outbox:
                              fields: dict[str, Any]) -> None:
         attempt = fields["attempt"]
         age = time.time() - float(delivery.get("created") or 0)
-        if exc.permanent or age > self._settings.notify_max_age:
+        # A refused SMTP login or sender is our settings: keep trying until they are fixed.
+        gives_up = exc.permanent and not getattr(exc, "settings", False)
+        if gives_up or age > self._settings.notify_max_age:
             self.deliveries[str(fields["channel"]), "given_up"] += 1
             log.error("notify.given_up", **fields, error=str(exc),
-                      reason="permanent" if exc.permanent else "too old")
+                      reason="permanent" if gives_up else "too old")
             return
         delays = self._settings.notify_delays
         delay = delays[min(attempt, len(delays)) - 1]
         await self._queue({**delivery, "attempt": attempt},
                           routing_key=self._topo.delay_queue(delay, self._topo.notify_send))
         self.deliveries[str(fields["channel"]), "retried"] += 1
-        log.warning("notify.retry_later", **fields, delay_s=delay, error=str(exc))
+        ours = getattr(exc, "settings", False)  # our SMTP settings: someone must act
+        (log.error if ours else log.warning)("notify.retry_later", **fields, delay_s=delay,
+                                              error=str(exc))

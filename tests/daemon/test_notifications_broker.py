@@ -173,3 +173,25 @@ async def test_a_client_without_addresses_mails_only_the_admins_and_gets_no_webh
         await stays(lambda: not hooks.hooks, 0.5, "a webhook for a client without one")
     assert smtp.mails[0].rcpt == ["admin@s2s.example"]
     assert smtp.mails[0].message["Cc"] is None
+
+
+async def test_a_refused_smtp_login_keeps_the_mail_waiting_instead_of_dropping_it(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, hooks: HookSink
+):
+    """Our SMTP settings are wrong, not the mail: it is retried (until fixed), never given up."""
+    smtp = MailSink(password="the-right-one")
+    smtp.start()
+    try:
+        shop.always["X"] = 422
+        settings = _settings(prefix, tmp_path, shop, smtp, hooks, smtp_username="s2s",
+                             smtp_password="a-wrong-one")
+        async with running(settings) as sup:
+            await amqp.publish("acme", "X")
+            outbox = sup.outbox
+            assert outbox is not None
+            await wait_until(lambda: outbox.count("retried") >= 2, 20, "delivery retries")
+            assert outbox.count("given_up") == 0
+            assert smtp.mails == []
+            assert ("s2s", "a-wrong-one") in smtp.logins
+    finally:
+        smtp.stop()
