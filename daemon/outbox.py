@@ -193,6 +193,7 @@ class Outbox:
         emails = config.notify_emails if config else []
         to, cc = mail.recipients(emails, self._settings.admin_email_list)
         has_webhook = config is not None and config.webhook_url is not None
+        await self._state.sync()  # what earlier decisions recorded, on any replica
         now = time.time()
         memory = self._state.view.notify.get(client_id)
         plan = decide(memory, job, now, self._rules, has_email=bool(to), has_webhook=has_webhook)
@@ -221,7 +222,6 @@ class Outbox:
         if plan.digest_add:
             record["entry"] = digest_entry(job)
         await self._state.append(record)
-        await self._state.sync()  # the next decision must see this one
 
     @staticmethod
     def _webhook_delivery(job: Job) -> Job:
