@@ -178,9 +178,10 @@ async def _gauges(supervisor: Supervisor, depths: DepthCache) -> Gauges:
         async with asyncio.timeout(SCRAPE_TIMEOUT):
             names = [topo.client_queue(c) for c in sorted(supervisor.consumers)]
             clients = await depths.get(supervisor.connection, names)
+            waiting = [] if outbox is None else outbox.queue_names
             shared = await queue_depths(supervisor.connection,
-                                        [topo.unrouted, topo.nonblocking, *delays])
-            backlog = None if outbox is None else await outbox.backlog()
+                                        [topo.unrouted, topo.nonblocking, *delays, *waiting])
+            backlog = None if outbox is None else sum(shared.get(n) or 0 for n in waiting)
     except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
         log.warning("metrics.broker_unavailable", error=repr(exc))
         return counted

@@ -87,18 +87,14 @@ class Outbox:
         """Deliveries with `outcome` (sent, retried, given_up) over every channel."""
         return sum(n for (_, o), n in self.deliveries.items() if o == outcome)
 
-    async def backlog(self) -> int:
-        """Messages ready in the notification queues (quorum counts may lag a little)."""
+    @property
+    def queue_names(self) -> list[str]:
+        """Where notifications wait: to decide, to send, for a window or a retry."""
         topo, settings = self._topo, self._settings
-        names = [topo.notify, topo.notify_send,
-                 topo.delay_queue(settings.notify_digest_window, topo.notify),
-                 *(topo.delay_queue(d, topo.notify_send) for d in set(settings.notify_delays))]
-        total = 0
-        async with self._connection.channel() as channel:
-            for name in names:
-                queue = await channel.declare_queue(name, passive=True)
-                total += queue.declaration_result.message_count or 0
-        return total
+        retries = sorted(set(settings.notify_delays))
+        return [topo.notify, topo.notify_send,
+                topo.delay_queue(settings.notify_digest_window, topo.notify),
+                *(topo.delay_queue(d, topo.notify_send) for d in retries)]
 
     async def start(self) -> None:
         self._publisher = await self._connection.channel(publisher_confirms=True,

@@ -17,7 +17,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from daemon.webhooks import SIGNATURE_HEADER, verify
-from tests.support import free_port
+from tests.support import free_port, serve
 
 
 @dataclass
@@ -139,13 +139,6 @@ async def hook_sink(secret: str) -> AsyncIterator[HookSink]:
     sink = HookSink(secret)
     app = web.Application()
     app.router.add_post("/hooks/{client}", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    sink.url = f"http://{host}:{port}/hooks"
-    try:
+    async with serve(app) as base:
+        sink.url = f"{base}/hooks"
         yield sink
-    finally:
-        await runner.cleanup()

@@ -159,14 +159,20 @@ async def fake_shop() -> AsyncIterator[FakeShop]:
     app = web.Application()
     app.router.add_route("*", "/{client}/products/{sku}", shop.handle)
     app.router.add_route("POST", "/{client}/{kind:orders|fulfillments}", shop.handle)
+    async with serve(app) as shop.url:
+        yield shop
+
+
+@asynccontextmanager
+async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Run `app` on a free loopback port; yields its base URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
-    host, port = runner.addresses[0][:2]
-    shop.url = f"http://{host}:{port}"
+    port = runner.addresses[0][1]
     try:
-        yield shop
+        yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
 
