@@ -54,14 +54,21 @@ Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
 def _sup(request: web.Request) -> Supervisor:
-    from daemon.http.api import SUPERVISOR
+    return _sup_of(request.app)
 
-    return request.app[SUPERVISOR]  # type: ignore[return-value]
+
+def _sup_of(app: web.Application) -> Supervisor:
+    from daemon.http.api import SUPERVISOR  # api adds these routes: import it late
+
+    return app[SUPERVISOR]  # type: ignore[return-value]
+
+
+SIGNER = web.AppKey("console_signer", Signer)
 
 
 def _signer(request: web.Request) -> Signer | None:
-    token = _sup(request).settings.admin_token
-    return None if token is None else Signer(token)
+    """The app's signer (made once, in `add_routes`); None when no admin token is set."""
+    return request.app.get(SIGNER)
 
 
 def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
@@ -351,6 +358,9 @@ async def unrouted_replay(request: web.Request, session: Session) -> web.StreamR
 
 
 def add_routes(app: web.Application) -> None:
+    token = _sup_of(app).settings.admin_token
+    if token is not None:
+        app[SIGNER] = Signer(token)
     app.router.add_get("/", home)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
