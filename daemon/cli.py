@@ -124,7 +124,7 @@ async def _connect(settings: Settings) -> aio_pika.abc.AbstractRobustConnection:
 async def _command(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.producer import NoAnswer, Producer, send_control
 
-    topo = Topology(settings.prefix, settings.queue_type, settings.delivery_limit)
+    topo = settings.topology()
     connection = await _connect(settings)
     async with connection:
         if args.command == "publish":
@@ -166,8 +166,7 @@ async def _register(
         validate_client_id(client_id)
     except InvalidClientId as exc:
         raise CliError(str(exc), 2) from None
-    async with connection.channel(publisher_confirms=True) as channel:
-        await register_client(channel, topo, client_id, "cli", "cli")
+    await register_client(connection, topo, client_id, "cli", "cli")
     print(json.dumps({"ok": True, "client_id": client_id}))
     return 0
 

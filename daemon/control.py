@@ -91,20 +91,26 @@ class Control:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        # Every replica gets a copy with the same properties: the same op everywhere, so
+        # two replicas that both act on it (two leaders for a moment) do one thing.
+        op = message.correlation_id or message.message_id
         try:
-            answer = await self.handle(message.body, message.user_id)
+            answer = await self.handle(message.body, message.user_id, op)
             if answer is not None:
                 await self._reply(message, answer)
         finally:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def handle(self, body: bytes, user_id: str | None) -> dict[str, Any] | None:
+    async def handle(self, body: bytes, user_id: str | None,
+                     op: str | None = None) -> dict[str, Any] | None:
         """Carry out one control message; the answer, or None when another replica answers."""
         try:
             action, args = parse_control(body, user_id)
         except OperationError as exc:
             return {"ok": False, "error": str(exc)} if self._leadership.is_leader else None
+        if op:
+            args["op"] = op
         if not await self._answers(action, args.get("client_id")):
             return None
         try:
@@ -149,7 +155,7 @@ class Control:
             if not client_id:
                 raise OperationError(f"{action} needs a client_id")
             if action == "register":
-                return await ops.register(client_id, args["actor"])
+                return await ops.register(client_id, args["actor"], args.get("op"))
             if action in ("retry", "skip"):
                 args["forward"] = False  # this replica holds it, or nobody does
             return await needs_client[action](client_id, **args)

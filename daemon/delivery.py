@@ -3,7 +3,7 @@
 The blocking consumers take deliveries from aiormq rather than through
 aio-pika's `IncomingMessage`, whose construction (a property object and a
 guarded `__setattr__` per field) cost about a tenth of the daemon's CPU per
-item on the hot path (bench/RESULTS.md). `Delivery` carries only what a
+item on the hot path (bench/RESULTS.md). `AmqpDelivery` carries only what a
 blocking consumer reads, and acks or nacks on the channel it came from: a
 channel that closed meanwhile raises aiormq's `ChannelInvalidStateError`,
 as aio-pika's would.
@@ -17,7 +17,7 @@ from typing import Any
 import aiormq.abc
 
 
-class Delivery:
+class AmqpDelivery:
     """One delivered message: properties, body, and how to settle it."""
 
     __slots__ = ("_channel", "_tag", "body", "content_type", "headers", "message_id",
@@ -37,7 +37,7 @@ class Delivery:
         self.redelivered: bool = bool(getattr(delivery, "redelivered", False))
 
     def __repr__(self) -> str:
-        return f"<Delivery {self.message_id!r} tag={self._tag}>"
+        return f"<AmqpDelivery {self.message_id!r} tag={self._tag}>"
 
     async def ack(self) -> None:
         await self._channel.basic_ack(self._tag or 0)

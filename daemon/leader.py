@@ -75,6 +75,7 @@ class Leadership:
             with contextlib.suppress(Exception):
                 await self._channel.close()
         self._channel = await self._connection.channel(publisher_confirms=False)
+        self._channel.close_callbacks.add(self._lost)
         await self._channel.set_qos(prefetch_count=1)
         queue = await self._channel.declare_queue(
             self._topo.leader, durable=True, arguments=self._topo.leader_queue_arguments()
@@ -88,6 +89,16 @@ class Leadership:
                 await self._task
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
+
+    def _lost(self, *_: object) -> None:
+        """The channel closed: whoever gets the heartbeats now leads, not us.
+
+        Without this a replica whose channel blipped kept leading for up to LEASE
+        seconds while the broker already fed another one. Leader actions are
+        check-and-set in the state log all the same (docs/parking.md), so two
+        leaders for a moment do no action twice; this makes the moment short.
+        """
+        self._last_beat = -LEASE
 
     async def _on_beat(self, message: AbstractIncomingMessage) -> None:
         self._last_beat = time.monotonic()

@@ -1,45 +1,68 @@
 """The shared non-blocking queue: competing consumers, delayed retries, failed items.
 
 Up to `S2SQ_NONBLOCKING_CONCURRENCY` items run at once per daemon (prefetch).
-A transient failure is republished, with a publisher confirm, to the delay
-queue of the next delay of `S2SQ_NONBLOCKING_RETRY_DELAYS` (which
-dead-letters it back to the work queue when its time is up) and only then
-acked: the slot is free at once and nothing is lost between the two queues.
-A permanent failure, the last transient one, or bad input becomes a `failed`
-record in the state log (with the whole message, its error history and
-attempts), again before the ack; `retry_failed` publishes it anew with a
-fresh retry budget, `skip_failed` archives it.
+Each delivery ends in exactly one fate, settled once (docs/parking.md):
 
-Every move is safe to repeat after a crash: a redelivered item that the state
-log already holds as failed is acked without running again; one that was
-already republished to a delay queue runs twice at most (at-least-once).
+* **ack** — it succeeded, or a crash came between recording its failure and
+  its ack (it is already in the failed store);
+* **retry later** — a transient failure: republished, with a publisher
+  confirm, to the delay queue of the next delay of
+  `S2SQ_NONBLOCKING_RETRY_DELAYS` (which dead-letters it back to the work
+  queue when its time is up), then acked: the slot is free at once;
+* **failed** — a permanent failure, the last transient one, bad input, or an
+  error in our own code: a `failed` record with the whole message, its error
+  history and attempts, the notification queued, then acked;
+* **requeue** — the broker refused the record or the publish: nacked back
+  after a pause, to be tried again.
+
+No exception leaves a delivery held: a slot is never lost (hole 1 of the
+release-2 review: an integer wider than 64 bits used to stop the pool).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from daemon.items import BadItem, Parsed, parse_item, payload_for_display
-from daemon.metrics import FAILED_FINAL, FAILED_TRANSIENT
+from daemon.items import BadItem, Parsed, parse_item
 from daemon.notifications import failure_from_record
-from daemon.runtime import Runtime, call_handler, report_success
-from daemon.state import Record, utcnow
+from daemon.outcomes import BROKER_ERRORS, Outcomes
+from daemon.records import (
+    Failed,
+    StoredMessage,
+    display,
+    display_payload,
+    jsonable,
+    short_error,
+)
+from daemon.runtime import Runtime, call_handler, payload_dict
+from daemon.state import utcnow
 from handlers.errors import HandlerError, TransientError
 
 log = structlog.get_logger()
 
 ATTEMPT = "x-s2s-attempt"  # attempts made so far
 ERRORS = "x-s2s-errors"  # JSON list of {"attempt", "error", "at"}
+MAX_ATTEMPT_HEADER = 1000
+REQUEUE_PAUSE_S = 1.0
+
+
+def attempts_made(headers: dict[str, Any]) -> int:
+    """Attempts made so far, from the header (pure); anything odd counts as none."""
+    made = headers.get(ATTEMPT)
+    if isinstance(made, bool) or not isinstance(made, int) or not 0 <= made <= MAX_ATTEMPT_HEADER:
+        return 0
+    return made
 
 
 def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
@@ -51,39 +74,53 @@ def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
         history = orjson.loads(raw) if isinstance(raw, str) else []
     except orjson.JSONDecodeError:
         return []
-    return history if isinstance(history, list) else []
+    if not isinstance(history, list):
+        return []
+    return [h for h in history if isinstance(h, dict)][-20:]
 
 
-def message_record(message: AbstractIncomingMessage) -> Record:
-    """What is needed to publish the item again, as JSON."""
+def stored_message(message: AbstractIncomingMessage) -> StoredMessage:
+    """What is needed to publish the item again."""
+    client = (message.headers or {}).get("client_id")
+    headers = {"client_id": client} if isinstance(client, str) else {}
+    content_type = message.content_type if isinstance(message.content_type, str) else None
     try:
-        body, encoding = message.body.decode("utf-8"), "utf-8"
+        text = message.body.decode("utf-8")
     except UnicodeDecodeError:
-        body, encoding = base64.b64encode(message.body).decode(), "base64"
-    headers = {k: v for k, v in (message.headers or {}).items()
-               if k in ("client_id",) and isinstance(v, str)}
-    return {"body": body, "body_encoding": encoding, "content_type": message.content_type,
-            "headers": headers}
+        return StoredMessage(body=base64.b64encode(message.body).decode(),
+                             body_encoding="base64", content_type=content_type, headers=headers)
+    return StoredMessage(body=text, content_type=content_type, headers=headers)
 
 
-def rebuild(record: Record) -> aio_pika.Message:
-    """A fresh message (fresh retry budget) from a failed record."""
-    stored = record.get("message", {})
-    raw = stored.get("body", "")
-    body = base64.b64decode(raw) if stored.get("body_encoding") == "base64" else raw.encode()
-    return aio_pika.Message(
-        body, content_type=stored.get("content_type"), message_id=record.get("message_id"),
-        type=record.get("type"), headers=dict(stored.get("headers", {})),
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
+@dataclass(slots=True)
+class Held:
+    """A delivery in a slot, settled exactly once."""
+
+    message: AbstractIncomingMessage
+    settled: bool = False
+
+    async def ack(self) -> None:
+        self.settled = True
+        await self.message.ack()
+
+    async def requeue(self) -> None:
+        """Hand it back to the queue after a pause (never in a tight loop)."""
+        if self.settled:
+            return
+        self.settled = True
+        await asyncio.sleep(REQUEUE_PAUSE_S)
+        with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
+            await self.message.nack(requeue=True)
 
 
 class NonBlockingPool:
     """Consumes the shared queue with a bounded number of items in flight."""
 
-    def __init__(self, connection: AbstractRobustConnection, rt: Runtime) -> None:
+    def __init__(self, connection: AbstractRobustConnection, rt: Runtime,
+                 outcomes: Outcomes) -> None:
         self._connection = connection
         self._rt = rt
+        self._outcomes = outcomes
         self._channel: AbstractChannel | None = None
         self._running: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -113,7 +150,7 @@ class NonBlockingPool:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 
-    # -- one item ----------------------------------------------------------------
+    # -- one item ----------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:
@@ -121,128 +158,142 @@ class NonBlockingPool:
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
+        held = Held(message)
         try:
-            await self._handle(message)
-        except (AMQPError, ChannelInvalidStateError) as exc:
+            await self._handle(held)
+        except asyncio.CancelledError:
+            raise  # shutdown or a lost channel: the broker hands it back
+        except BROKER_ERRORS as exc:
             log.warning("item.interrupted", message_id=message.message_id, type=message.type,
                         queue="nonblocking", error=repr(exc))
-        except Exception:
+            await held.requeue()
+        except Exception as exc:  # our own bug: the item is set aside, the slot freed
             log.exception("item.crashed", message_id=message.message_id, type=message.type,
                           queue="nonblocking")
+            await self._crashed(held, exc)
         finally:
             self._running.discard(task)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
-        if message.redelivered and await self._already_failed(message):
+    async def _crashed(self, held: Held, exc: Exception) -> None:
+        if held.settled:
+            return
+        try:
+            await self._fail(held, self._client_of(held.message), _str(held.message.type),
+                             f"internal error in s2s-queue: {type(exc).__name__}: {exc}",
+                             attempts_made(held.message.headers or {}) + 1,
+                             display_payload(held.message.body))
+        except Exception:
+            log.exception("item.not_recorded", message_id=held.message.message_id)
+            await held.requeue()
+
+    async def _handle(self, held: Held) -> None:
+        message = held.message
+        if message.redelivered and await self._already_failed(held):
             return
         parsed = self._parse(message)
         headers = dict(message.headers or {})
-        made = headers.get(ATTEMPT)
-        attempt = (made if isinstance(made, int) else 0) + 1
+        attempt = attempts_made(headers) + 1
         if isinstance(parsed, BadItem):
-            await self._fail(message, parsed.client_id, parsed.type, parsed.error, attempt,
-                             headers, payload=payload_for_display(message.body))
+            await self._fail(held, parsed.client_id, parsed.type, parsed.error, attempt,
+                             display_payload(message.body))
             return
         started = time.monotonic()
         try:
             await call_handler(parsed, attempt, self._rt.context,
                                self._rt.settings.handler_timeout, self._rt.metrics)
         except HandlerError as exc:
-            await self._failed_attempt(message, parsed, exc, attempt, headers)
+            await self._failed_attempt(held, parsed, exc, attempt, headers)
             return
-        await message.ack()
-        await report_success(self._rt, parsed, attempt, started)
+        await held.ack()
+        await self._outcomes.succeeded(parsed, attempt, started)
 
-    async def _already_failed(self, message: AbstractIncomingMessage) -> bool:
+    async def _already_failed(self, held: Held) -> bool:
         """A crash between recording a failure and the ack: ack, do not run again."""
+        message = held.message
         await self._rt.state.sync()
-        record = self._rt.state.view.failed.get(message.message_id or "")
-        if record is not None:
-            log.info("item.already_failed", message_id=message.message_id, type=message.type)
-            if await self._notify(message, record):
-                await message.ack()
-            return True
-        return False
+        entry = self._rt.state.view.failed.get(message.message_id or "")
+        if entry is None or entry.record.message != stored_message(message):
+            return False
+        log.info("item.already_failed", message_id=message.message_id, type=message.type)
+        await self._notify(held, entry.record)
+        await held.ack()
+        return True
 
-    async def _notify(self, message: AbstractIncomingMessage, record: Record) -> bool:
+    async def _notify(self, held: Held, record: Failed) -> None:
         """Queue the failure's notification; if the broker refused, hand the item back."""
         try:
             await self._rt.notifier.failed(failure_from_record(record))
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-            log.warning("notify.not_queued", client_id=record.get("client_id"),
-                        message_id=record.get("message_id"), type=record.get("type"),
-                        error=repr(exc))
-            await message.nack(requeue=True)  # redelivered: `_already_failed` tries again
-            return False
-        return True
+        except BROKER_ERRORS as exc:
+            log.warning("notify.not_queued", client_id=record.client_id,
+                        message_id=record.message_id, type=record.type, error=repr(exc))
+            raise  # requeued: redelivered, `_already_failed` queues it again
 
-    def _parse(self, message: AbstractIncomingMessage) -> Parsed | BadItem:
-        headers = message.headers or {}
-        first_time = message.exchange == self._rt.topo.nonblocking
+    def _client_of(self, message: AbstractIncomingMessage) -> str:
         # A retried item comes back from its delay queue with the work queue's name
         # as routing key; the producer's routing key is checked on the first run.
-        client = message.routing_key if first_time else headers.get("client_id")
+        if message.exchange == self._rt.topo.nonblocking:
+            return _str(message.routing_key) or ""
+        return _str((message.headers or {}).get("client_id")) or ""
+
+    def _parse(self, message: AbstractIncomingMessage) -> Parsed | BadItem:
         return parse_item(
             body=message.body, content_type=message.content_type,
-            message_id=message.message_id, type_=message.type, headers=headers,
-            client_id=str(client or ""), queue="nonblocking", handlers=self._rt.handlers,
-            max_body_bytes=self._rt.settings.max_body_bytes,
+            message_id=message.message_id, type_=message.type, headers=message.headers or {},
+            client_id=self._client_of(message), queue="nonblocking",
+            handlers=self._rt.handlers, max_body_bytes=self._rt.settings.max_body_bytes,
         )
 
-    async def _failed_attempt(
-        self, message: AbstractIncomingMessage, parsed: Parsed, exc: HandlerError,
-        attempt: int, headers: dict[str, Any],
-    ) -> None:
+    async def _failed_attempt(self, held: Held, parsed: Parsed, exc: HandlerError,
+                              attempt: int, headers: dict[str, Any]) -> None:
         item = parsed.item
         if not isinstance(exc, TransientError) or attempt > len(self._delays):
-            await self._fail(message, item.client_id, item.type, str(exc), attempt, headers,
-                             payload=parsed.item.payload.model_dump(mode="json"))
+            await self._fail(held, item.client_id, item.type, str(exc), attempt,
+                             display(payload_dict(parsed)))
             return
+        message = held.message
         delay = self._delays[attempt - 1]
-        history = [*error_history(headers), {"attempt": attempt, "error": str(exc),
-                                             "at": utcnow()}]
+        error = short_error(str(exc))
+        history = [*error_history(headers), {"attempt": attempt, "error": error, "at": utcnow()}]
         retry = aio_pika.Message(
             message.body, content_type=message.content_type, message_id=message.message_id,
             type=message.type, timestamp=message.timestamp,
             headers={"client_id": item.client_id, ATTEMPT: attempt,
-                     ERRORS: orjson.dumps(history).decode()},
+                     ERRORS: orjson.dumps(jsonable(history)).decode()},
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self._rt.publish_confirmed(retry, routing_key=self._rt.topo.delay_queue(delay))
-        await message.ack()
-        self._rt.metrics.count(item.type, "nonblocking", FAILED_TRANSIENT)
+        await held.ack()
         log.info("item.retry_later", client_id=item.client_id, message_id=item.message_id,
-                 type=item.type, queue="nonblocking", attempt=attempt, delay_s=delay,
-                 error=str(exc))
-        await self._rt.events.publish(
-            "item.failed", client_id=item.client_id, message_id=item.message_id,
-            type_=item.type, queue="nonblocking", error=str(exc), attempt=attempt, final=False,
-        )
+                 type=item.type, queue="nonblocking", attempt=attempt, delay_s=delay)
+        await self._outcomes.attempt_failed(parsed, attempt, error)
 
-    async def _fail(
-        self, message: AbstractIncomingMessage, client_id: str, type_: str | None, error: str,
-        attempt: int, headers: dict[str, Any], *, payload: Any,
-    ) -> None:
-        """Move the item to the failed store (the state log), then ack it."""
+    async def _fail(self, held: Held, client_id: str, type_: str | None, error: str,
+                    attempt: int, payload: Any) -> None:
+        """Move the item to the failed store (the state log), queue its notification, ack."""
+        message = held.message
         now = utcnow()
-        history = [*error_history(headers), {"attempt": attempt, "error": error, "at": now}]
+        error = short_error(error)
+        history = [*error_history(dict(message.headers or {})),
+                   {"attempt": attempt, "error": error, "at": now}]
         # An item without a message_id still needs an address for retry/skip.
-        message_id = message.message_id or f"no-message-id-{uuid.uuid4().hex}"
-        record: Record = {
-            "kind": "failed", "message_id": message_id, "client_id": client_id,
-            "type": type_, "error": error, "errors": history, "attempts": attempt,
-            "failed_at": now, "payload": payload, "message": message_record(message),
-        }
+        message_id = _str(message.message_id) or f"no-message-id-{uuid.uuid4().hex}"
+        record = Failed(message_id=message_id, fid=uuid.uuid4().hex, client_id=client_id,
+                        type=type_, error=error, errors=history, attempts=attempt,
+                        failed_at=now, payload=payload,
+                        message=stored_message(message))
         await self._rt.state.append(record)
-        self._rt.metrics.count(type_, "nonblocking", FAILED_FINAL)
+        self._rt.metrics.count(type_, "nonblocking", "failed_final")
         # Queued before the ack: a crash in between redelivers the item, and
         # `_already_failed` queues it again (the outbox sends it once).
-        if not await self._notify(message, record):
-            return
-        await message.ack()
-        log.warning("item.failed", client_id=client_id, message_id=message_id,
-                    type=type_, queue="nonblocking", attempts=attempt, error=error)
+        await self._notify(held, record)
+        await held.ack()
+        log.warning("item.failed", client_id=client_id, message_id=message_id, type=type_,
+                    queue="nonblocking", attempts=attempt, error=error)
         await self._rt.events.publish(
             "item.failed", client_id=client_id, message_id=message_id, type_=type_,
             queue="nonblocking", error=error, attempt=attempt, final=True,
         )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

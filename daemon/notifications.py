@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.records import Failed
+
 log = structlog.get_logger()
 
 
@@ -67,13 +69,12 @@ class Resumed:
                 **asdict(self)}
 
 
-def failure_from_record(record: dict[str, Any]) -> Failure:
-    """The failure a `failed` state record describes (to notify it again after a crash)."""
+def failure_from_record(record: Failed) -> Failure:
+    """The failure a `failed` state record describes (to notify it, or again after a crash)."""
     return Failure(
-        client_id=str(record.get("client_id") or ""), queue="nonblocking",
-        message_id=record.get("message_id"), type=record.get("type"),
-        error=str(record.get("error") or ""), attempts=int(record.get("attempts") or 0),
-        at=str(record.get("failed_at") or ""), payload=record.get("payload"),
+        client_id=record.client_id, queue="nonblocking", message_id=record.message_id,
+        type=record.type, error=record.error, attempts=record.attempts, at=record.failed_at,
+        payload=record.payload,
     )
 
 

@@ -9,18 +9,18 @@ registered) with a readable reason; nothing changes when it raises.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from daemon.blocking import BlockingConsumer, OperationError, UnknownClient
+from daemon.blocking import BlockingConsumer
 from daemon.clients import InvalidClientId, validate_client_id
-from daemon.metrics import SKIPPED
-from daemon.notifications import Resumed
-from daemon.runtime import notify_resumed
-from daemon.state import utcnow
+from daemon.failed import FailedStore, UnknownItem
+from daemon.parking import OperationError, UnknownClient
+from daemon.records import Failed, Paused, Resumed
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -31,26 +31,32 @@ MAX_UNROUTED_LISTED = 10_000
 __all__ = ["OperationError", "Operations", "UnknownClient", "UnknownItem"]
 
 
-class UnknownItem(UnknownClient):
-    """Raised when an action names a failed item that does not exist (HTTP 404)."""
-
-
 class Operations:
-    """Admin actions on the clients and queues this daemon serves."""
+    """Admin actions on the clients and queues this daemon serves.
+
+    Every action that changes the state log is check-and-set under an op id
+    (a control message's correlation id, or a fresh one): its side effects
+    follow only if its own record won (docs/parking.md, "Operations").
+    """
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
         self._unrouted_lock = asyncio.Lock()
 
+    @property
+    def _store(self) -> FailedStore:
+        return self._sup.failed_store
+
     # -- clients -------------------------------------------------------------
 
-    async def register(self, client_id: str, actor: str) -> dict[str, Any]:
+    async def register(self, client_id: str, actor: str, op: str | None = None,
+                       **_: Any) -> dict[str, Any]:
         """Create the client's queue (idempotent) and start consuming it."""
         try:
             validate_client_id(client_id)
         except InvalidClientId as exc:
             raise OperationError(str(exc)) from None
-        created = await self._sup.register(client_id, actor=actor)
+        created = await self._sup.register(client_id, actor=actor, op=op)
         return {"client_id": client_id, "created": created}
 
     def _consumer(self, client_id: str) -> BlockingConsumer:
@@ -62,7 +68,7 @@ class Operations:
     def holds_park(self, client_id: str) -> bool:
         """True if this replica holds the client's parked item."""
         consumer = self._sup.consumers.get(client_id)
-        return consumer is not None and consumer.parked is not None
+        return consumer is not None and consumer.parking.holds_park
 
     def parked_anywhere(self, client_id: str) -> bool:
         """True if the state log says the client is parked (on any replica)."""
@@ -74,23 +80,23 @@ class Operations:
 
     async def retry(
         self, client_id: str, *, actor: str, message_id: str | None = None,
-        reason: str | None = None, forward: bool = True,
+        reason: str | None = None, forward: bool = True, **_: Any,
     ) -> dict[str, Any]:
         """Run the parked item once now (SPEC section 4, point 5)."""
         consumer = self._consumer(client_id)
         if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
             return await self._forward("retry", client_id, actor, message_id, reason)
-        return await consumer.retry(message_id, actor, reason)
+        return await consumer.parking.retry(message_id or None, actor, reason)
 
     async def skip(
         self, client_id: str, *, actor: str, message_id: str | None = None,
-        reason: str | None = None, forward: bool = True,
+        reason: str | None = None, forward: bool = True, **_: Any,
     ) -> dict[str, Any]:
         """Archive the parked item without running it, and resume the client."""
         consumer = self._consumer(client_id)
         if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
             return await self._forward("skip", client_id, actor, message_id, reason)
-        return await consumer.skip(message_id, actor, reason)
+        return await consumer.parking.skip(message_id or None, actor, reason)
 
     async def _forward(
         self, action: str, client_id: str, actor: str, message_id: str | None,
@@ -114,30 +120,41 @@ class Operations:
             raise OperationError(str(answer.get("error", "refused")))
         return answer
 
-    async def pause(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
+    async def _won(self, record: Paused | Resumed) -> bool:
+        """Write a check-and-set record and read it back: True if this replica's record won.
+
+        Raises OperationError if another operation's record changed it first.
+        """
+        state = self._sup.state
+        await state.append(record)
+        await state.sync()
+        winner = state.view.ops.get(record.op)
+        if winner is None:
+            what = "paused" if isinstance(record, Paused) else "not paused"
+            raise OperationError(f"client {record.client_id!r} is {what}")
+        return winner == self._sup.replica
+
+    async def pause(self, client_id: str, *, actor: str, op: str | None = None,
+                    **_: Any) -> dict[str, Any]:
         """Stop the client after its current item (durable, like a park)."""
         consumer = self._consumer(client_id)
         if consumer.paused:
             raise OperationError(f"client {client_id!r} is already paused")
-        await self._sup.state.append({"kind": "pause", "client_id": client_id, "actor": actor})
-        await self._sup.state.sync()  # read-your-writes: a resume right after must see it
-        await self._sup.rt.events.publish("client.paused", client_id=client_id, message_id=None,
-                                          type_=None, queue="blocking", actor=actor)
-        log.info("client.paused", client_id=client_id, actor=actor)
+        if await self._won(Paused(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
+            await self._sup.rt.events.publish("client.paused", client_id=client_id,
+                                              message_id=None, type_=None, queue="blocking",
+                                              actor=actor)
+            log.info("client.paused", client_id=client_id, actor=actor)
         return {"client_id": client_id, "state": "paused"}
 
-    async def resume(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
+    async def resume(self, client_id: str, *, actor: str, op: str | None = None,
+                     **_: Any) -> dict[str, Any]:
         """Undo a pause; the item held meanwhile runs now."""
         consumer = self._consumer(client_id)
         if not consumer.paused:
             raise OperationError(f"client {client_id!r} is not paused")
-        await self._sup.state.append({"kind": "resume", "client_id": client_id, "actor": actor})
-        await self._sup.state.sync()
-        await self._sup.rt.events.publish("client.resumed", client_id=client_id, message_id=None,
-                                          type_=None, queue="blocking", how="resume", actor=actor)
-        await notify_resumed(self._sup.rt, Resumed(client_id, None, None, "resume", actor,
-                                                    utcnow()))
-        log.info("client.resumed", client_id=client_id, actor=actor, how="resume")
+        if await self._won(Resumed(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
+            await self._sup.outcomes.resumed(client_id, None, "resume", actor)
         return {"client_id": client_id, "state": consumer.state}
 
     async def client(self, client_id: str) -> dict[str, Any]:
@@ -169,8 +186,8 @@ class Operations:
             "paused": paused,
             "depth": depth,
             "parked": None if parked is None else {
-                key: parked.get(key)
-                for key in ("message_id", "type", "error", "attempts", "since", "payload")
+                "message_id": parked.message_id, "type": parked.type, "error": parked.error,
+                "attempts": parked.attempts, "since": parked.since, "payload": parked.payload,
             },
         }
 
@@ -178,59 +195,21 @@ class Operations:
 
     def failed(self, client_id: str | None = None) -> list[dict[str, Any]]:
         """Failed non-blocking items, oldest first (SPEC section 8 shape plus `errors`)."""
-        records = sorted(self._sup.state.view.failed.values(), key=lambda r: r["failed_at"])
-        return [
-            {key: record.get(key) for key in ("message_id", "client_id", "type", "error",
-                                               "attempts", "failed_at", "payload", "errors")}
-            for record in records if client_id is None or record.get("client_id") == client_id
-        ]
+        return self._store.items(client_id)
 
-    def failed_item(self, message_id: str) -> dict[str, Any] | None:
-        return self._sup.state.view.failed.get(message_id)
+    def failed_item(self, message_id: str) -> Failed | None:
+        return self._store.get(message_id)
 
-    def _failed_record(self, message_id: str | None) -> dict[str, Any]:
-        if not message_id:
-            raise OperationError("a message_id is required")
-        record = self._sup.state.view.failed.get(message_id)
-        if record is None:
-            raise UnknownItem(f"no failed item with message_id {message_id!r}")
-        return record
-
-    async def retry_failed(self, message_id: str | None, *, actor: str,
+    async def retry_failed(self, message_id: str | None, *, actor: str, op: str | None = None,
                            **_: Any) -> dict[str, Any]:
         """Put a failed item back on the non-blocking queue with a fresh retry budget."""
-        record = self._failed_record(message_id)
-        client_id = str(record.get("client_id") or "")
-        from daemon.nonblocking import rebuild
-
-        await self._sup.rt.publish_confirmed(rebuild(record), routing_key=client_id,
-                                             exchange=self._sup.topo.nonblocking)
-        await self._sup.state.append({"kind": "unfail", "message_id": message_id,
-                                      "client_id": client_id, "how": "retry", "actor": actor})
-        log.info("failed.retried", client_id=client_id, message_id=message_id, actor=actor)
-        return {"message_id": message_id, "client_id": client_id}
+        return await self._store.retry(message_id, actor=actor, op=op)
 
     async def skip_failed(self, message_id: str | None, *, actor: str,
-                          reason: str | None = None, **_: Any) -> dict[str, Any]:
+                          reason: str | None = None, op: str | None = None,
+                          **_: Any) -> dict[str, Any]:
         """Archive a failed item with who skipped it and why."""
-        record = self._failed_record(message_id)
-        client_id = str(record.get("client_id") or "")
-        from daemon.nonblocking import rebuild
-
-        archived = rebuild(record)
-        archived.headers.update({"x-s2s-skipped-by": actor, "x-s2s-skip-reason": reason or "",
-                                 "x-s2s-skipped-at": utcnow(), "x-s2s-error": record["error"],
-                                 "x-s2s-queue": "nonblocking"})
-        await self._sup.rt.publish_confirmed(archived, routing_key=self._sup.topo.archive)
-        await self._sup.state.append({"kind": "unfail", "message_id": message_id,
-                                      "client_id": client_id, "how": "skip", "actor": actor,
-                                      "reason": reason})
-        self._sup.rt.metrics.count(record.get("type"), "nonblocking", SKIPPED)
-        await self._sup.rt.events.publish("item.skipped", client_id=client_id,
-                                          message_id=message_id, type_=record.get("type"),
-                                          queue="nonblocking", actor=actor, reason=reason)
-        log.info("failed.skipped", client_id=client_id, message_id=message_id, actor=actor)
-        return {"message_id": message_id, "client_id": client_id}
+        return await self._store.skip(message_id, actor=actor, reason=reason, op=op)
 
     # -- unrouted --------------------------------------------------------------
 

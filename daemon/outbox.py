@@ -47,6 +47,7 @@ from daemon import mail, webhooks
 from daemon.clients import ClientConfig
 from daemon.notifications import Failure, Resumed
 from daemon.notify_rules import Plan, Rules, decide, digest_entry
+from daemon.records import Notified, decode
 from daemon.settings import Settings
 from daemon.state import StateLog
 from daemon.topology import Topology
@@ -214,9 +215,13 @@ class Outbox:
     async def _remember(self, plan: Plan, job: Job, client_id: str, now: float) -> None:
         if not plan.record:
             return
-        record = {**plan.record, "client_id": client_id, "id": job.get("id"), "t": now}
+        fields = {**plan.record, "client_id": client_id, "id": job.get("id"), "t": now}
         if plan.digest_add:
-            record["entry"] = digest_entry(job)
+            fields["entry"] = digest_entry(job)
+        record = decode(fields)
+        if record is None:  # a bug in the rules: say so rather than write a bad record
+            log.error("notify.bad_record", client_id=client_id, kind=fields.get("kind"))
+            return
         await self._state.append(record)
 
     @staticmethod
@@ -259,8 +264,8 @@ class Outbox:
             await self._after_failure(delivery, exc, fields)
             return
         # Remembered before the ack: a crash in between does not send it again.
-        await self._state.append({"kind": "notified", "client_id": client_id,
-                                  "id": delivery_id, "t": time.time()})
+        await self._state.append(Notified(client_id=client_id, id=str(delivery_id),
+                                          t=time.time()))
         self.deliveries[str(fields["channel"]), "sent"] += 1
         log.info("notify.sent", **fields)
 

@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.topology import Topology
+
 
 class Settings(BaseSettings):
     """Everything the daemon, the CLI and the HTTP API can be told."""
@@ -95,6 +97,10 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(1000, ge=1)
     # The leader snapshots the state log every this many records (bounded start-up).
     state_snapshot_every: int = Field(1000, ge=10)
+    # How long the state log keeps records (seconds; default a week), and its segment
+    # size. Fixed when the stream is created: change an existing one with a policy.
+    state_retention: float = Field(7 * 86_400, ge=1)
+    state_segment_bytes: int = Field(8_000_000, ge=4096)
     # Whether `item.succeeded` events are published (the other events always are).
     # Off by default: on the blocking hot path one event per item halves
     # throughput (bench/RESULTS.md); park, failure and admin events always go out.
@@ -120,6 +126,11 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return None if value is None else value.rstrip("/")
+
+    def topology(self) -> Topology:
+        """The broker names and arguments these settings give."""
+        return Topology(self.prefix, self.queue_type, self.delivery_limit,
+                        self.state_retention, self.state_segment_bytes)
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

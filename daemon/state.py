@@ -1,21 +1,24 @@
 """The state log: what must outlive a process, kept in the broker.
 
-A RabbitMQ stream (`<prefix>.state`) holds append-only records: client
-registrations, parks, un-parks, pauses, resumes, failed items and the
-notifications decided. Every daemon replica replays it at start-up and then
-tails it, so each builds the same `View`
-(and any replica can answer the console). The parked item itself stays at
-the head of its client queue; the log says *why* it is held.
+A RabbitMQ stream (`<prefix>.state`) holds the typed records of
+`daemon.records`. Every daemon replica replays it at start-up and then tails
+it, folding each record into its `View` (`daemon.view`) strictly in offset
+order, so every replica builds the same view and any of them can answer the
+console. docs/parking.md has the protocol; three habits make it exact:
 
-Two habits make it exact (DESIGN.md "State lives in the broker"):
+* **Offset order.** aiormq runs each delivery's callback as its own task;
+  the tail applies a record before its first `await`, so tasks started in
+  delivery order apply in offset order (DESIGN fact 13). A record at or
+  below the last applied offset (a stream re-read from a chunk's start after
+  a reconnect) is skipped.
+* **Write before announcing.** A record is appended with a publisher
+  confirm before anything is said about it.
+* **Read-your-writes.** `sync()` appends a marker and waits until the tail
+  has read it back: every record written before is applied.
 
-* write before announcing: a park is appended (with a publisher confirm)
-  before its event or notification goes out;
-* read-your-writes: `sync()` appends a marker and waits until the tail has
-  read it back, so every record written before is applied.
-
-A robust channel re-consumes the stream from the first offset after a
-reconnect; records already applied are skipped by their `x-stream-offset`.
+Bounded replay: snapshots of the view are written into the stream as parts
+of at most 256 KiB, and `<prefix>.state.snapshot` points at the latest one
+(docs/parking.md, "The snapshot").
 """
 
 from __future__ import annotations
@@ -31,18 +34,31 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
+import aiormq.abc
 import orjson
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from daemon.notify_rules import fold as fold_notify
+from daemon.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
 from daemon.topology import Topology, declare_client_queue, declare_topology
+from daemon.view import View
 
 log = structlog.get_logger()
 
-Record = dict[str, Any]
 Listener = Callable[[Record], None]
+
+PREFETCH = 500
+PART_BYTES = 256 * 1024
+"""No snapshot part is larger than this (one entry larger than it goes alone)."""
+KIND = "x-s2s-kind"
+"""Header naming a record's kind where the tail may skip it unread (snapshot parts)."""
 
 
 def utcnow() -> str:
@@ -50,100 +66,146 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(slots=True)
-class View:
-    """What the log says now: registered clients, parks and pauses."""
-
-    clients: set[str] = field(default_factory=set)
-    parked: dict[str, Record] = field(default_factory=dict)
-    paused: dict[str, Record] = field(default_factory=dict)
-    failed: dict[str, Record] = field(default_factory=dict)  # non-blocking, by message id
-    notify: dict[str, Record] = field(default_factory=dict)  # daemon.notify_rules memory
-
-    def apply(self, record: Record) -> None:
-        """Fold one record into the view (pure; replaying twice gives the same view)."""
-        kind, client = record.get("kind"), record.get("client_id")
-        if kind in ("failed", "unfail"):
-            self._apply_failed(kind, record)
-            return
-        if kind in ("notified", "digest.add", "digest.sent"):
-            fold_notify(self.notify, record)
-            return
-        if not isinstance(client, str):
-            return
-        if kind == "register":
-            self.clients.add(client)
-        elif kind == "park":
-            self.clients.add(client)
-            self.parked[client] = record
-        elif kind == "unpark":
-            current = self.parked.get(client)
-            if current is not None and current.get("message_id") == record.get("message_id"):
-                del self.parked[client]
-        elif kind == "announced":
-            current = self.parked.get(client)
-            if current is not None and current.get("failed_at") == record.get("failed_at"):
-                self.parked[client] = {**current, "announced": True}
-        elif kind == "pause":
-            self.paused[client] = record
-        elif kind == "resume":
-            self.paused.pop(client, None)
-
-    def _apply_failed(self, kind: str, record: Record) -> None:
-        message_id = record.get("message_id")
-        if not isinstance(message_id, str):
-            return
-        if kind == "failed":
-            self.failed[message_id] = record
-        else:
-            self.failed.pop(message_id, None)
-
-    def snapshot(self) -> Record:
-        """The whole view as one record."""
-        return {"kind": "snapshot", "clients": sorted(self.clients), "parked": self.parked,
-                "paused": self.paused, "failed": self.failed, "notify": self.notify}
-
-    @classmethod
-    def from_snapshot(cls, record: Record) -> View:
-        return cls(set(record.get("clients", ())), dict(record.get("parked", {})),
-                   dict(record.get("paused", {})), dict(record.get("failed", {})),
-                   dict(record.get("notify", {})))
+def age_s(iso: str) -> float:
+    """Seconds since an ISO time written by `utcnow` (0 if it cannot be read)."""
+    try:
+        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())
 
 
-async def append_record(
-    channel: AbstractChannel, topo: Topology, record: Record, replica: str
-) -> None:
+async def declare_state_stream(connection: AbstractConnection, topo: Topology) -> None:
+    """Declare the state log; keep an existing one whose retention arguments differ.
+
+    A stream's arguments are fixed at declaration (a policy changes them later),
+    and a declaration with other ones fails the channel with PRECONDITION_FAILED,
+    so it is tried on a channel of its own.
+    """
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_queue(topo.state, durable=True,
+                                    arguments=topo.state_stream_arguments())
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        log.warning("state.stream_arguments_differ", stream=topo.state,
+                    wanted=topo.state_stream_arguments(), error=str(exc))
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def append_record(channel: AbstractChannel, topo: Topology, record: Record,
+                        replica: str) -> None:
     """Append `record` to the state log over a channel with publisher confirms."""
-    body = orjson.dumps({**record, "replica": replica, "at": utcnow()})
+    headers: dict[str, Any] | None = (
+        {KIND: record.kind} if isinstance(record, SnapshotPart) else None)
     await channel.default_exchange.publish(
-        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        aio_pika.Message(encode(record, replica, utcnow()), headers=headers,
+                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
         routing_key=topo.state,
     )
 
 
-async def register_client(
-    channel: AbstractChannel, topo: Topology, client_id: str, actor: str, replica: str
-) -> None:
+async def register_client(connection: AbstractConnection, topo: Topology, client_id: str,
+                          actor: str, replica: str) -> None:
     """Register a client without a daemon: declare its queue, then record it.
 
     Daemons tailing the log start consuming it; one that is down finds it at start-up.
     """
-    await declare_topology(channel, topo)
-    await declare_client_queue(channel, topo, client_id)
-    await append_record(channel, topo, {"kind": "register", "client_id": client_id,
-                                        "actor": actor}, replica)
+    await declare_state_stream(connection, topo)
+    async with connection.channel(publisher_confirms=True) as channel:
+        await declare_topology(channel, topo)
+        await declare_client_queue(channel, topo, client_id)
+        await append_record(channel, topo,
+                            Registered(client_id=client_id, actor=actor, op=uuid.uuid4().hex),
+                            replica)
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    """What `<prefix>.state.snapshot` holds: where the latest complete snapshot is."""
+
+    snapshot: str
+    covers: int  # the view as of this offset
+    start: int  # the lowest offset start-up must read (a failed item's record, or covers + 1)
+    parts: int
+
+    def dump(self, replica: str) -> bytes:
+        return orjson.dumps({"snapshot": self.snapshot, "covers": self.covers,
+                             "from": self.start, "parts": self.parts, "replica": replica,
+                             "at": utcnow()})
+
+    @classmethod
+    def load(cls, body: bytes) -> Pointer | None:
+        """The pointer in `body`, or None for anything else (a release-1 snapshot, say)."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        sid, covers, start, parts = (data.get(k) for k in ("snapshot", "covers", "from", "parts"))
+        if not (isinstance(sid, str) and isinstance(covers, int) and isinstance(start, int)
+                and isinstance(parts, int)):
+            return None
+        if covers < 0 or parts < 1 or not 0 <= start <= covers + 1:
+            return None
+        return cls(sid, covers, start, parts)
+
+
+@dataclass(slots=True)
+class Loader:
+    """Start-up from a snapshot: gathers its parts and the records it needs, then builds the view.
+
+    Reading starts at `pointer.start`: up to `covers` only `failed` records are
+    kept (the snapshot names the ones it needs by offset); after `covers` every
+    record is kept in order, to be applied once the view is built.
+    """
+
+    pointer: Pointer
+    bodies: dict[int, Failed] = field(default_factory=dict)
+    parts: dict[int, list[list[Any]]] = field(default_factory=dict)
+    after: list[tuple[Record, int]] = field(default_factory=list)
+
+    def take(self, record: Record, offset: int) -> None:
+        if isinstance(record, SnapshotPart):
+            if record.snapshot == self.pointer.snapshot:
+                self.parts[record.index] = record.entries
+        elif offset <= self.pointer.covers:
+            if isinstance(record, Failed):
+                self.bodies[offset] = record
+        else:
+            self.after.append((record, offset))
+
+    @property
+    def complete(self) -> bool:
+        return len(self.parts) == self.pointer.parts
+
+    def view(self) -> View:
+        entries = [e for i in range(self.pointer.parts) for e in self.parts[i]]
+        return View.from_entries(entries, self.bodies)
+
+
+def pack(entries: list[list[Any]], limit: int = PART_BYTES) -> list[list[list[Any]]]:
+    """Entries in parts of at most `limit` bytes of JSON each (pure)."""
+    parts: list[list[list[Any]]] = [[]]
+    size = 0
+    for entry in entries:
+        n = len(orjson.dumps(entry)) + 1
+        if parts[-1] and size + n > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(entry)
+        size += n
+    return parts
 
 
 class StateLog:
     """Appends records to the stream and keeps `view` current by tailing it.
 
-    Bounded replay: the stream keeps `x-max-age` of history, and a snapshot of
-    the whole view (with the stream offset it covers) is kept in
-    `<prefix>.state.snapshot`, a queue of length one. Start-up applies the
-    latest snapshot and reads the stream from the offset after it, so it
-    takes the same time however long the deployment has run. One replica
-    (the leader, through `should_snapshot`) writes a snapshot every
-    `snapshot_every` records, well inside the retention age.
+    One replica (the leader, through `should_snapshot`) writes a snapshot
+    every `snapshot_every` records — or every as many records as the view has
+    entries, if that is more — and at least every quarter of the retention.
     """
 
     def __init__(
@@ -163,17 +225,27 @@ class StateLog:
         self._markers: dict[str, asyncio.Future[None]] = {}
         self._last_offset = -1
         self._write: AbstractChannel | None = None
-        self._tail: AbstractChannel | None = None
+        self._tail: AbstractRobustChannel | None = None
+        self._loader: Loader | None = None
         self._snapshot_every = snapshot_every
         self._should_snapshot = should_snapshot
         self._snapshot_offset = -1
+        self._snapshot_at = time.monotonic()
         self._snapshotting: asyncio.Task[None] | None = None
-        self.replayed = 0  # records read at start-up (after the snapshot)
+        self._ticker: asyncio.Task[None] | None = None
+        self.replayed = 0  # records applied at start-up (after the snapshot)
         self._records_read = 0
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(record)` for every new record, after the view applied it."""
         self._listeners.append(listener)
+
+    @property
+    def last_offset(self) -> int:
+        """The offset of the last record read (every record up to it is applied)."""
+        return self._last_offset
+
+    # -- start and stop --------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the channels, replay the log from the latest snapshot and keep tailing it."""
@@ -181,7 +253,7 @@ class StateLog:
             try:
                 await asyncio.wait_for(self._connection.connected.wait(), 60)
                 await self._start()
-                return
+                break
             except Exception:  # aiormq raises a plain RuntimeError on a closed connection
                 # RabbitMQ 3.10 may refuse a basic.get or consume right after a quorum
                 # queue's declaration (noproc, INTERNAL_ERROR closing the connection).
@@ -190,78 +262,106 @@ class StateLog:
                 log.warning("state.start_retry", attempt=attempt, exc_info=True)
                 await self.stop()
                 await asyncio.sleep(0.2 * 2**attempt)
+        self._ticker = asyncio.ensure_future(self._tick())
 
     async def _start(self) -> None:
-        self.view = View()
-        self._last_offset = -1
-        self._records_read = 0
+        self._reset(View(), -1)
+        await declare_state_stream(self._connection, self._topo)
         self._write = await self._connection.channel(publisher_confirms=True)
-        self._tail = await self._connection.channel(publisher_confirms=False)
-        await self._tail.set_qos(prefetch_count=500)
-        queue = await self._tail.declare_queue(
-            self._topo.state, durable=True, arguments=self._topo.state_stream_arguments()
-        )
-        start: int | str = "first"
-        snapshot = await self._read_snapshot()
-        if snapshot is not None:
-            self.view = View.from_snapshot(snapshot)
-            self._last_offset = self._snapshot_offset = int(snapshot["offset"])
-            start = self._last_offset + 1
-        await queue.consume(self._on_record, arguments={"x-stream-offset": start})
+        pointer = await self._read_pointer()
+        if pointer is not None:
+            self._loader = Loader(pointer)
+        await self._open_tail(pointer.start if pointer else "first")
         await self.sync()
+        if self._loader is not None:  # the pointer named parts that are not (all) there
+            log.error("state.snapshot_incomplete", snapshot=self._loader.pointer.snapshot,
+                      parts=self._loader.pointer.parts, found=len(self._loader.parts))
+            await self._close_tail()
+            self._reset(View(), -1)
+            await self._open_tail("first")
+            await self.sync()
         self.replayed = self._records_read
-        log.info(
-            "state.replayed",
-            clients=len(self.view.clients),
-            parked=len(self.view.parked),
-            paused=len(self.view.paused),
-            from_snapshot=snapshot is not None,
-            records=self.replayed,
-        )
+        view = self.view
+        log.info("state.replayed", clients=len(view.clients), parked=len(view.parked),
+                 paused=len(view.paused), failed=len(view.failed),
+                 from_snapshot=pointer is not None, records=self.replayed)
 
-    async def _read_snapshot(self) -> Record | None:
-        """The latest snapshot, left in place for the next start-up."""
-        assert self._tail is not None
-        queue = await self._tail.declare_queue(
-            self._topo.state_snapshot, durable=True,
-            arguments=self._topo.snapshot_queue_arguments(),
-        )
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            return None
-        await message.nack(requeue=True)
-        record = orjson.loads(message.body)
-        return record if isinstance(record, dict) and "offset" in record else None
+    def _reset(self, view: View, offset: int) -> None:
+        self.view = view
+        self._last_offset = offset
+        self._loader = None
+        self._records_read = 0
 
-    def _maybe_snapshot(self) -> None:
-        due = self._last_offset - self._snapshot_offset >= self._snapshot_every
-        running = self._snapshotting is not None and not self._snapshotting.done()
-        if due and not running and self._should_snapshot():
-            self._snapshotting = asyncio.ensure_future(self.write_snapshot())
-
-    async def write_snapshot(self) -> None:
-        """Store the view as of the last applied offset (replaces the previous snapshot)."""
-        assert self._write is not None
-        offset = self._last_offset
-        body = orjson.dumps({**self.view.snapshot(), "offset": offset, "at": utcnow(),
-                             "replica": self._replica})
+    async def _read_pointer(self) -> Pointer | None:
+        """The latest snapshot's pointer, left in place for the next start-up."""
+        channel = await self._connection.channel(publisher_confirms=False)
         try:
-            await self._write.default_exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=self._topo.state_snapshot,
+            queue = await channel.declare_queue(
+                self._topo.state_snapshot, durable=True,
+                arguments=self._topo.snapshot_queue_arguments(),
             )
-        except (AMQPError, ChannelInvalidStateError):
-            log.warning("state.snapshot_failed", offset=offset, exc_info=True)
-            return
-        self._snapshot_offset = offset
-        log.info("state.snapshot", offset=offset, clients=len(self.view.clients))
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                return None
+            await message.nack(requeue=True)
+        finally:
+            await channel.close()
+        pointer = Pointer.load(message.body)
+        if pointer is None:
+            log.warning("state.pointer_ignored", bytes=len(message.body))
+        return pointer
+
+    async def _open_tail(self, start: int | str) -> None:
+        tail = await self._connection.channel(publisher_confirms=False)
+        assert isinstance(tail, AbstractRobustChannel)  # reconnects: read on from where we were
+        self._tail = tail
+        await self._tail.set_qos(prefetch_count=PREFETCH)
+        self._tail.reopen_callbacks.add(self._on_tail_reopened)
+        await self._consume(start)
+
+    async def _consume(self, start: int | str) -> None:
+        assert self._tail is not None
+        underlay = await self._tail.get_underlay_channel()
+        await underlay.basic_consume(self._topo.state, self._on_delivery,
+                                     arguments={"x-stream-offset": start})
+
+    async def _on_tail_reopened(self, *_: Any) -> None:
+        """A reconnect: read on from the record after the last one applied.
+
+        RabbitMQ 3.10 may refuse a consume right after a reconnect (the stream's
+        member is not up yet): try again until it takes, or the channel goes.
+        """
+        for attempt in itertools.count():
+            start = self._last_offset + 1 if self._last_offset >= 0 else (
+                self._loader.pointer.start if self._loader else "first")
+            try:
+                await self._consume(start)
+                return
+            except Exception as exc:
+                if self._tail is None or self._tail.is_closed:
+                    return
+                log.warning("state.tail_not_resumed", attempt=attempt, error=repr(exc))
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+
+    async def _close_tail(self) -> None:
+        if self._tail is not None and not self._tail.is_closed:
+            self._tail.reopen_callbacks.discard(self._on_tail_reopened)
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                await self._tail.close()
 
     async def stop(self) -> None:
-        """Close both channels."""
-        for channel in (self._tail, self._write):
-            if channel is not None and not channel.is_closed:
-                with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
-                    await channel.close()
+        """Stop snapshotting, then close both channels."""
+        for task in (self._ticker, self._snapshotting):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self._close_tail()
+        if self._write is not None and not self._write.is_closed:
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                await self._write.close()
+
+    # -- writing ---------------------------------------------------------------------
 
     async def append(self, record: Record, patience: float = 300.0) -> None:
         """Append one record, confirmed by the broker before this returns.
@@ -274,10 +374,10 @@ class StateLog:
         for attempt in itertools.count():
             try:
                 await append_record(self._write, self._topo, record, self._replica)
-            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+            except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError):
                 if time.monotonic() > deadline:
                     raise
-                log.info("state.append_retry", kind=record.get("kind"), attempt=attempt)
+                log.info("state.append_retry", kind=record.kind, attempt=attempt)
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
             else:
                 return
@@ -288,33 +388,136 @@ class StateLog:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._markers[marker] = waiter
         try:
-            await self.append({"kind": "marker", "id": marker})
+            await self.append(Marker(id=marker))
             async with asyncio.timeout(timeout):
                 await waiter
         finally:
             self._markers.pop(marker, None)
 
-    async def _on_record(self, message: AbstractIncomingMessage) -> None:
-        offset = (message.headers or {}).get("x-stream-offset")
-        await message.ack()
-        if isinstance(offset, int):
-            if offset <= self._last_offset:
-                return
-            self._last_offset = offset
-        try:
-            record = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            log.warning("state.bad_record", offset=offset)
+    # -- reading ---------------------------------------------------------------------
+
+    async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
+        self._receive(message)  # before any await: records apply in delivery order
+        tag = getattr(message.delivery, "delivery_tag", None)
+        if tag is not None:
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError,
+                                     RuntimeError):
+                await message.channel.basic_ack(tag)
+
+    def _receive(self, message: aiormq.abc.DeliveredMessage) -> None:
+        headers = message.header.properties.headers or {}
+        offset = headers.get("x-stream-offset")
+        if not isinstance(offset, int) or offset <= self._last_offset:
             return
-        if not isinstance(record, dict):
+        self._last_offset = offset
+        if headers.get(KIND) == "snapshot" and self._loader is None:
+            return  # parts matter only at start-up: not even decoded while tailing
+        record = decode(message.body)
+        if record is None:
+            log.warning("state.bad_record", offset=offset, bytes=len(message.body))
             return
-        if record.get("kind") == "marker":
-            waiter = self._markers.get(record.get("id", ""))
+        if isinstance(record, Marker):
+            waiter = self._markers.get(record.id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
+        if self._loader is not None:
+            self._load(record, offset)
+            return
+        self._apply(record, offset)
+
+    def _load(self, record: Record, offset: int) -> None:
+        loader = self._loader
+        assert loader is not None
+        loader.take(record, offset)
+        if not loader.complete:
+            return
+        self.view = loader.view()
+        self._snapshot_offset = loader.pointer.covers
+        self._loader = None
+        for later, at in loader.after:
+            self._apply(later, at)
+
+    def _apply(self, record: Record, offset: int) -> None:
+        if isinstance(record, SnapshotPart):
+            return
         self._records_read += 1
-        self.view.apply(record)
+        try:
+            self.view.apply(record, offset)
+        except Exception:  # a bug in the fold: every replica meets it alike
+            log.exception("state.apply_failed", offset=offset, kind=record.kind)
+            return
         for listener in self._listeners:
             listener(record)
         self._maybe_snapshot()
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def _interval(self) -> int:
+        """Records between snapshots: never fewer than the view has entries."""
+        v = self.view
+        size = (len(v.clients) + len(v.parked) + len(v.paused) + len(v.failed)
+                + len(v.pending) + len(v.notify))
+        return max(self._snapshot_every, size)
+
+    def _maybe_snapshot(self, *, by_time: bool = False) -> None:
+        due = by_time or self._last_offset - self._snapshot_offset >= self._interval()
+        running = self._snapshotting is not None and not self._snapshotting.done()
+        if due and not running and self._should_snapshot():
+            self._snapshotting = asyncio.ensure_future(self._write_snapshot_logged())
+
+    async def _tick(self) -> None:
+        """Snapshot at least every quarter of the retention, even when little is written."""
+        every = self._topo.state_retention_s / 4
+        while True:
+            await asyncio.sleep(min(60.0, every / 2))
+            if time.monotonic() - self._snapshot_at >= every:
+                self._maybe_snapshot(by_time=True)
+
+    async def _write_snapshot_logged(self) -> None:
+        try:
+            await self.write_snapshot()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+            log.warning("state.snapshot_failed", error=repr(exc))
+
+    async def write_snapshot(self) -> None:
+        """Write the view as snapshot parts, then point `<prefix>.state.snapshot` at them."""
+        assert self._write is not None
+        await self._carry()
+        await self.sync()
+        covers = self._last_offset  # no await from here to the entries: the view as of it
+        entries = list(self.view.to_entries())
+        start = min([*self.view.body_offsets(), covers + 1])
+        parts = pack(entries)
+        sid = uuid.uuid4().hex
+        for index, chunk in enumerate(parts):
+            await self.append(SnapshotPart(snapshot=sid, index=index, parts=len(parts),
+                                           covers=covers, entries=chunk), patience=30)
+        pointer = Pointer(sid, covers, start, len(parts))
+        await self._write.default_exchange.publish(
+            aio_pika.Message(pointer.dump(self._replica),
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=self._topo.state_snapshot,
+        )
+        self._snapshot_offset = covers
+        self._snapshot_at = time.monotonic()
+        log.info("state.snapshot", offset=covers, start=start, parts=len(parts),
+                 entries=len(entries), clients=len(self.view.clients))
+
+    async def _carry(self) -> None:
+        """Write again the failed items whose records would soon age out or lie too far back.
+
+        So a snapshot's `from` stays near the tail: each body is written again
+        once per carry window, not once per snapshot.
+        """
+        horizon = self._last_offset - 4 * self._interval()
+        old = self._topo.state_retention_s / 2
+        entries = [*self.view.failed.values(), *(p.entry for p in self.view.pending.values())]
+        carried = 0
+        for entry in entries:
+            written = entry.record.at or entry.record.failed_at
+            if entry.offset < horizon or age_s(written) > old:
+                await self.append(entry.record, patience=30)
+                carried += 1
+        if carried:
+            log.info("state.carried", records=carried)

@@ -9,6 +9,7 @@ then stop in order — stop taking items, let running ones finish within
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import aiormq
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
@@ -29,16 +31,18 @@ from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
 from daemon.depths import queue_depths
 from daemon.events import Events
+from daemon.failed import FailedStore
 from daemon.leader import Leadership
 from daemon.metrics import ItemMetrics
 from daemon.nonblocking import NonBlockingPool
-from daemon.operations import Operations
+from daemon.operations import OperationError, Operations
 from daemon.outbox import Outbox
+from daemon.outcomes import Outcomes
+from daemon.records import Record, Registered, Resumed
 from daemon.runtime import Runtime
 from daemon.settings import Settings
-from daemon.state import Record, StateLog
+from daemon.state import StateLog
 from daemon.topology import (
-    Topology,
     declare_delay_queues,
     declare_notify_queues,
     declare_topology,
@@ -58,7 +62,7 @@ class Supervisor:
     def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
         self._handle_signals = handle_signals
-        self.topo = Topology(settings.prefix, settings.queue_type, settings.delivery_limit)
+        self.topo = settings.topology()
         self.replica = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.consumers: dict[str, BlockingConsumer] = {}
         self.clients: dict[str, ClientConfig] = {}
@@ -72,6 +76,8 @@ class Supervisor:
         self._nonblocking: NonBlockingPool | None = None
         self._leadership: Leadership | None = None
         self._rt: Runtime | None = None
+        self._outcomes: Outcomes | None = None
+        self._failed: FailedStore | None = None
         self._handlers: dict[str, Handler] = {}
         self.outbox: Outbox | None = None
         self._started_at = time.monotonic()
@@ -84,6 +90,16 @@ class Supervisor:
     def rt(self) -> Runtime:
         assert self._rt is not None, "the supervisor is not running"
         return self._rt
+
+    @property
+    def outcomes(self) -> Outcomes:
+        assert self._outcomes is not None, "the supervisor is not running"
+        return self._outcomes
+
+    @property
+    def failed_store(self) -> FailedStore:
+        assert self._failed is not None, "the supervisor is not running"
+        return self._failed
 
     @property
     def connection(self) -> AbstractRobustConnection:
@@ -128,11 +144,14 @@ class Supervisor:
             await self._pool.start()
             stack.push_async_callback(self._pool.close)
             await self._start_consumers(rt.state.view.clients | set(self.clients))
-            nonblocking = self._nonblocking = NonBlockingPool(self._connection, rt)
+            nonblocking = self._nonblocking = NonBlockingPool(self._connection, rt,
+                                                              self.outcomes)
             await nonblocking.start()
             leadership = self._leadership = Leadership(self._connection, self.topo)
             await leadership.start()
             stack.push_async_callback(leadership.stop)
+            redrive = asyncio.ensure_future(self.failed_store.run_redrive(self._is_leader))
+            stack.push_async_callback(_cancel, redrive)
             control = Control(self._connection, self.topo, self.ops, self.replica, leadership)
             await control.start()
             stack.push_async_callback(control.stop)
@@ -182,6 +201,9 @@ class Supervisor:
             self._rt = Runtime(self.settings, self.topo, self._handlers, context, events,
                                state, outbox, confirm, self.replica,
                                ItemMetrics(self._handlers))
+            self._outcomes = Outcomes(self._rt)
+            self._failed = FailedStore(state, self.topo, self._rt.publish_confirmed,
+                                       self._outcomes, self.replica)
             await state.start()
             await outbox.start()
             try:
@@ -256,15 +278,15 @@ class Supervisor:
         await self._start_consumers(set(clients))
         log.info("clients_file.reloaded", clients=len(clients))
 
-    async def register(self, client_id: str, actor: str) -> bool:
+    async def register(self, client_id: str, actor: str, op: str | None = None) -> bool:
         """Declare the client's queue, consume it, record the registration; True if new."""
         # The view learns of a registration only when the tail reads it back, so a
         # consumer started here already counts as registered.
         created = client_id not in self.state.view.clients and client_id not in self.consumers
         await self._ensure_consumer(client_id)
         if created:
-            await self.state.append({"kind": "register", "client_id": client_id,
-                                     "actor": actor})
+            await self.state.append(Registered(client_id=client_id, actor=actor,
+                                               op=op or uuid.uuid4().hex))
             await self.rt.events.publish("client.registered", client_id=client_id,
                                          message_id=None, type_=None, queue="blocking",
                                          actor=actor)
@@ -293,19 +315,19 @@ class Supervisor:
 
     async def _start_consumer(self, client_id: str) -> None:
         assert self._pool is not None
-        consumer = BlockingConsumer(client_id, self.rt)
+        consumer = BlockingConsumer(client_id, self.rt, self.outcomes)
         await self._pool.place_or_recover(consumer)
         self.consumers[client_id] = consumer
 
     def _on_record(self, record: Record) -> None:
         """React to records other replicas (or this one) wrote."""
-        client_id = record.get("client_id")
-        consumer = self.consumers.get(client_id or "")
-        kind = record.get("kind")
-        if kind == "resume" and consumer is not None:
-            consumer.on_resume()
-        elif kind == "register" and consumer is None and self._pool is not None and client_id:
-            self._spawn(self._ensure_consumer(client_id))
+        if isinstance(record, Resumed):
+            consumer = self.consumers.get(record.client_id)
+            if consumer is not None:
+                consumer.parking.on_resumed()
+        elif (isinstance(record, Registered) and record.client_id not in self.consumers
+              and self._pool is not None):
+            self._spawn(self._ensure_consumer(record.client_id))
 
     # -- queries -----------------------------------------------------------------
 
@@ -321,17 +343,54 @@ class Supervisor:
 
     @asynccontextmanager
     async def browse_unrouted(self) -> AsyncIterator[list[AbstractIncomingMessage]]:
-        """Every unrouted item, held unacked; what is not acked goes back in place on exit."""
+        """Every unrouted item, held unacked; what is not acked goes back in place on exit.
+
+        One browse at a time across replicas: a listing on one replica while
+        another replays would split the replay's order. The lock is an
+        exclusive queue, `<prefix>.unrouted.lock`: only one connection may
+        declare it, and the broker deletes it if that connection dies.
+        """
         assert self._connection is not None
-        channel = await self._connection.channel(publisher_confirms=False)
+        async with self._unrouted_lock():
+            channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(self.topo.unrouted, passive=True)
+                messages: list[AbstractIncomingMessage] = []
+                while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                    messages.append(message)
+                yield messages
+            finally:
+                await channel.close()
+
+    @asynccontextmanager
+    async def _unrouted_lock(self, patience: float = 120.0) -> AsyncIterator[None]:
+        assert self._connection is not None
+        name = f"{self.topo.unrouted}.lock"
+        deadline = time.monotonic() + patience
+        while True:
+            channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                await channel.declare_queue(name, exclusive=True, durable=False,
+                                            auto_delete=False)
+                break
+            except aiormq.exceptions.ChannelLockedResource:
+                if time.monotonic() > deadline:
+                    raise OperationError("another replica has been listing or replaying the"
+                                         " unrouted items for too long; try again") from None
+                await asyncio.sleep(0.1)
         try:
-            queue = await channel.declare_queue(self.topo.unrouted, passive=True)
-            messages: list[AbstractIncomingMessage] = []
-            while (message := await queue.get(no_ack=False, fail=False)) is not None:
-                messages.append(message)
-            yield messages
+            yield
         finally:
-            await channel.close()
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(name)
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def run(settings: Settings) -> None:

@@ -9,12 +9,13 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.blocking`               | direct exchange, alternate exchange `<p>.unrouted`      |
 | `<p>.blocking.<client>`      | one queue per client, single active consumer            |
 | `<p>.unrouted`               | fanout exchange + queue: blocking items for unknown ids |
+| `<p>.unrouted.lock`          | exclusive queue, while one replica browses unrouted     |
 | `<p>.nonblocking`            | topic exchange bound `#` to the queue of the same name  |
 | `<p>.nonblocking.delay.<N>ms`| one per retry delay: TTL N ms, dead-letters to the above |
 | `<p>.control`                | fanout exchange for control messages                    |
 | `<p>.events`                 | topic exchange for lifecycle events                     |
-| `<p>.state`                  | stream: the state log (registrations, parks, pauses)    |
-| `<p>.state.snapshot`         | queue of one: the latest snapshot of the state log      |
+| `<p>.state`                  | stream: the state log (docs/parking.md)                 |
+| `<p>.state.snapshot`         | queue of one: where the latest snapshot starts          |
 | `<p>.archive`                | queue: skipped items, with who skipped them and why     |
 | `<p>.deadletter`             | fanout exchange + queue: items over the delivery limit  |
 | `<p>.leader`                 | queue, single active consumer: elects the replica that  |
@@ -44,6 +45,8 @@ class Topology:
     prefix: str
     queue_type: QueueType = "quorum"
     delivery_limit: int = 1000
+    state_retention_s: float = 7 * 86_400
+    state_segment_bytes: int = 8_000_000
 
     @property
     def blocking(self) -> str:
@@ -171,24 +174,37 @@ class Topology:
     def state_snapshot(self) -> str:
         return f"{self.state}.snapshot"
 
-    @staticmethod
-    def state_stream_arguments() -> dict[str, Any]:
+    def state_stream_arguments(self) -> dict[str, Any]:
         """The state log is a stream: read non-destructively by every replica.
 
-        Retention is by age, in segments of 8 MB: records older than a week go,
-        which is safe because a snapshot of the whole view is written far more
-        often (see `daemon.state.StateLog`).
+        Retention is by age (a week by default), in segments of 8 MB: the broker
+        deletes a whole segment once its newest record is older than the age.
+        That is safe because a snapshot of the whole view, with every failed
+        item's record it needs, is written far more often (docs/parking.md).
         """
-        return {"x-queue-type": "stream", "x-max-age": "7D",
-                "x-stream-max-segment-size-bytes": 8_000_000}
+        return {"x-queue-type": "stream", "x-max-age": max_age(self.state_retention_s),
+                "x-stream-max-segment-size-bytes": self.state_segment_bytes}
 
     def snapshot_queue_arguments(self) -> dict[str, Any]:
         """One message: the latest snapshot; a new one pushes the old out."""
         return {"x-queue-type": self.queue_type, "x-max-length": 1, "x-overflow": "drop-head"}
 
 
+def max_age(seconds: float) -> str:
+    """A retention age as RabbitMQ's `x-max-age` writes it: `7D`, `12h`, `90s` (pure)."""
+    whole = max(1, round(seconds))
+    for unit, size in (("D", 86_400), ("h", 3_600), ("m", 60)):
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
 async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
-    """Declare every shared exchange and queue (not the client queues)."""
+    """Declare every shared exchange and queue (not the client queues, not the state log).
+
+    The state log is declared by `daemon.state.declare_state_stream`, which
+    copes with a stream declared before with other retention arguments.
+    """
     ex = aio_pika.ExchangeType
     unrouted_x = await channel.declare_exchange(topo.unrouted, ex.FANOUT, durable=True)
     unrouted_q = await channel.declare_queue(
@@ -212,9 +228,6 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     await dl_q.bind(dl_x)
     await channel.declare_queue(
         topo.archive, durable=True, arguments=topo.shared_queue_arguments()
-    )
-    await channel.declare_queue(
-        topo.state, durable=True, arguments=topo.state_stream_arguments()
     )
 
 

@@ -114,6 +114,7 @@ class FakeShop:
     always: dict[str, int] = field(default_factory=dict)  # sku -> status on every request
     running: dict[str, web.Request] = field(default_factory=dict)
     overlaps: list[str] = field(default_factory=list)  # skus that ran twice at the same time
+    reject_all: int | None = None  # answer every request with this status
 
     async def handle(self, request: web.Request) -> web.Response:
         sku = request.match_info.get("sku", "")
@@ -135,8 +136,8 @@ class FakeShop:
         finally:
             if self.running.get(sku) is request:
                 del self.running[sku]
-        if sku in self.always:
-            status = self.always[sku]
+        if sku in self.always or self.reject_all is not None:
+            status = self.always.get(sku) or self.reject_all or 500
             body = '{"message":"sku rejected by the shop"}'
             return web.Response(status=status, text=body, content_type="application/json")
         statuses = self.script.get(sku)
@@ -220,9 +221,8 @@ class Broker:
         """Register clients straight in the broker, as `s2s-queue clients add` does."""
         from daemon.state import register_client
 
-        async with self.connection.channel(publisher_confirms=True) as channel:
-            for client in clients:
-                await register_client(channel, self.topo, client, "tester", "test")
+        for client in clients:
+            await register_client(self.connection, self.topo, client, "tester", "test")
 
     async def publish_raw(self, body: bytes, routing_key: str, **properties: Any) -> None:
         """Publish exactly these properties, through pika: aiormq fills in a missing message_id."""

@@ -182,7 +182,7 @@ async def failed_action(request: web.Request) -> web.Response:
     if action not in ("retry", "skip"):
         raise web.HTTPNotFound
     record = ops.failed_item(message_id)
-    if record is None or not identity.may_see(record.get("client_id")):
+    if record is None or not identity.may_see(record.client_id):
         raise UnknownItem(f"no failed item with message_id {message_id!r}")
     data = await _body(request)
     if action == "retry":

@@ -318,7 +318,7 @@ async def _each_failed(request: web.Request, identity: Identity, action: str, id
     for message_id in ids:
         record = ops.failed_item(message_id)
         try:
-            if record is None or not identity.may_see(record.get("client_id")):
+            if record is None or not identity.may_see(record.client_id):
                 raise UnknownItem(f"no failed item with message_id {message_id!r}")
             if action == "retry":
                 await ops.retry_failed(message_id, actor=identity.name)

@@ -8,6 +8,8 @@ from typing import Any
 def client_action(action: str, client_id: str, result: dict[str, Any]) -> tuple[bool, str]:
     """(ok, message) for retry, skip, pause or resume of a client."""
     mid = result.get("message_id")
+    if mid is None:
+        mid = "the item (it has no message id)"
     if action == "retry":
         if result.get("outcome") == "succeeded":
             return True, f"Retried {mid}: it succeeded. {client_id} runs again."

@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.state import Record, StateLog
+from daemon.records import Record, Unfailed
+from daemon.state import StateLog
 from daemon.supervisor import Supervisor
 from tests.support import (
     Broker,
@@ -191,7 +192,8 @@ async def test_refused_callers_get_401_or_404_and_change_nothing(
     async with running(access_settings) as sup:
         await _story_so_far(sup, amqp, shop)
         run = await run_column(f"http://127.0.0.1:{access_settings.http_port}", caller, amqp)
-        parked = sup.state.view.parked.get("acme", {}).get("message_id")
+        park = sup.state.view.parked.get("acme")
+        parked = park.message_id if park else None
         failed = sorted(sup.state.view.failed)
         unrouted = [m.message_id for m in await amqp.queue_messages(amqp.topo.unrouted)]
         consumers = sorted(sup.consumers)
@@ -250,8 +252,8 @@ async def test_allowed_callers_act_and_are_recorded_as_the_actor(
         ("P", "blocking", actor, "bad data"), ("SO-A2", "nonblocking", actor, "duplicate")]
     assert [(m.message_id, (m.headers or {})["x-s2s-skipped-by"]) for m in archived] == [
         ("P", actor), ("SO-A2", actor)]
-    assert [(r["message_id"], r["how"], r["actor"]) for r in records
-            if r.get("kind") == "unfail" and r["client_id"] == "acme"] == [
+    assert [(r.message_id, r.how, r.actor) for r in records
+            if isinstance(r, Unfailed) and r.client_id == "acme"] == [
         ("SO-A1", "retry", actor), ("SO-A2", "skip", actor)]
     assert run.body("POST", "/api/v1/clients/acme/explode") == {
         "ok": False, "error": "Not Found: POST /api/v1/clients/acme/explode"}

@@ -1,23 +1,99 @@
-"""The state log on the real broker: replay, read-your-writes, bounded start-up by snapshots."""
+"""The state log on the real broker: offset order, read-your-writes, snapshots, retention."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import uuid
+from dataclasses import replace
 
-from daemon.state import StateLog
+import aio_pika
+import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from daemon.records import (
+    Failed,
+    Marker,
+    Parked,
+    Paused,
+    Record,
+    Registered,
+    Resumed,
+    StoredMessage,
+    decode,
+)
+from daemon.state import PART_BYTES, StateLog
+from daemon.topology import Topology
+from daemon.view import View
 from tests.support import Broker, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 async def _history(log: StateLog, clients: int, rounds: int) -> None:
     for n in range(clients):
-        await log.append({"kind": "register", "client_id": f"c{n}"})
+        await log.append(Registered(client_id=f"c{n}"))
     for r in range(rounds):
-        await log.append({"kind": "pause", "client_id": f"c{r % clients}", "actor": "t"})
-        await log.append({"kind": "resume", "client_id": f"c{r % clients}", "actor": "t"})
-    await log.append({"kind": "park", "client_id": "c1", "message_id": "M", "error": "boom"})
-    await log.append({"kind": "pause", "client_id": "c2", "actor": "t"})
+        await log.append(Paused(client_id=f"c{r % clients}", actor="t"))
+        await log.append(Resumed(client_id=f"c{r % clients}", actor="t"))
+    await log.append(Parked(client_id="c1", message_id="M", error="boom"))
+    await log.append(Paused(client_id="c2", actor="t"))
+
+
+def order(n: int, size: int = 1000) -> Failed:
+    """A failed order of about `size` bytes, as the non-blocking pool records it."""
+    body = orjson.dumps({"order": {"id": f"o{n}", "lines": "x" * size}}).decode()
+    return Failed(message_id=f"o{n}", fid=uuid.uuid4().hex, client_id=f"c{n % 50}",
+                  type="order.add_to_source", error="HTTP 422", failed_at="T",
+                  payload=orjson.loads(body), message=StoredMessage(body=body))
+
+
+async def _append_all(log: StateLog, records: list[Record], concurrency: int = 32) -> None:
+    queue = list(reversed(records))
+
+    async def worker() -> None:
+        while queue:
+            await log.append(queue.pop())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _read_stream(amqp: Broker, name: str) -> list[tuple[int, bytes]]:
+    """Every message of a stream with its offset, read from the first one kept."""
+    found: list[tuple[int, bytes]] = []
+    async with amqp.connection.channel() as channel:
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.get_queue(name, ensure=False)
+        marker = uuid.uuid4().hex
+        await channel.default_exchange.publish(
+            aio_pika.Message(orjson.dumps({"kind": "marker", "id": marker})), routing_key=name)
+        done = asyncio.Event()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            await message.ack()
+            found.append((_offset(message), message.body))
+            if marker.encode() in message.body:
+                done.set()
+
+        tag = await queue.consume(take, arguments={"x-stream-offset": "first"})
+        await asyncio.wait_for(done.wait(), 60)
+        await queue.cancel(tag)
+    return found
+
+
+def _offset(message: AbstractIncomingMessage) -> int:
+    offset = (message.headers or {})["x-stream-offset"]
+    assert isinstance(offset, int)
+    return offset
+
+
+def _fold(messages: list[tuple[int, bytes]]) -> View:
+    view = View()
+    for offset, body in messages:
+        record = decode(body)
+        if record is not None:
+            view.apply(record, offset)
+    return view
 
 
 async def test_a_second_reader_rebuilds_the_same_view_from_the_log(amqp: Broker):
@@ -38,14 +114,33 @@ async def test_a_second_reader_rebuilds_the_same_view_from_the_log(amqp: Broker)
         await writer.stop()
 
 
+async def test_records_appended_concurrently_all_reach_the_view_in_offset_order(amqp: Broker):
+    """Hole 0: 20,000 failed 1 KB items from 32 writers: the live view misses none of them.
+
+    The old tail acked each record before checking its offset, and aio-pika ran
+    the callbacks side by side: a later record could pass an earlier one, which
+    was then dropped as "already applied".
+    """
+    writer = StateLog(amqp.connection, amqp.topo, "writer")
+    await writer.start()
+    try:
+        await _append_all(writer, [order(n) for n in range(20_000)])
+        await writer.sync()
+        stream = await _read_stream(amqp, amqp.topo.state)
+        assert len(writer.view.failed) == 20_000
+        assert writer.view == _fold(stream)
+    finally:
+        await writer.stop()
+
+
 async def test_start_up_reads_the_latest_snapshot_and_only_the_records_after_it(amqp: Broker):
-    """After 600 records with a snapshot every 100, a new reader reads fewer than 100 records."""
+    """After 600 records with a snapshot every 100, a new reader applies at most 100 records."""
     writer = StateLog(amqp.connection, amqp.topo, "writer", snapshot_every=100,
                       should_snapshot=lambda: True)
     await writer.start()
     await _history(writer, clients=20, rounds=290)
     await writer.sync()
-    await wait_until(lambda: writer._snapshot_offset >= writer._last_offset - 100, 10,
+    await wait_until(lambda: writer._snapshot_offset >= writer.last_offset - 120, 10,
                      "a recent snapshot")
     reader = StateLog(amqp.connection, amqp.topo, "reader")
     await reader.start()
@@ -55,3 +150,128 @@ async def test_start_up_reads_the_latest_snapshot_and_only_the_records_after_it(
     finally:
         await reader.stop()
         await writer.stop()
+
+
+async def test_a_large_view_is_snapshotted_in_parts_none_over_a_mebibyte(amqp: Broker):
+    """Hole 6: 10,000 clients and 12,000 failed 1 KB orders; every part is small, bodies once.
+
+    The old snapshot was one message holding every failed item's body: past the
+    broker's max_message_size the publish failed and no snapshot was stored again.
+    """
+    writer = StateLog(amqp.connection, amqp.topo, "writer")
+    await writer.start()
+    try:
+        await _append_all(writer, [Registered(client_id=f"c{n}") for n in range(10_000)])
+        await _append_all(writer, [order(n) for n in range(12_000)])
+        await writer.append(Parked(client_id="c7", message_id="M", error="boom"))
+        await writer.write_snapshot()
+        stream = await _read_stream(amqp, amqp.topo.state)
+        parts = [(o, b) for o, b in stream if b.startswith(b'{"kind":"snapshot"')]
+        assert len(parts) >= 2
+        assert max(len(b) for _, b in parts) < PART_BYTES + 70_000
+        assert sum(len(b) for _, b in parts) < 4_000_000, "bodies were copied into the snapshot"
+        reader = StateLog(amqp.connection, amqp.topo, "reader")
+        await reader.start()
+        try:
+            assert reader.view == writer.view
+            assert reader.replayed <= 2
+        finally:
+            await reader.stop()
+    finally:
+        await writer.stop()
+
+
+async def _first_offset(amqp: Broker, name: str) -> int:
+    async with amqp.connection.channel() as channel:
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.get_queue(name, ensure=False)
+        first: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            if not first.done():
+                first.set_result(_offset(message))
+            await message.ack()
+
+        tag = await queue.consume(take, arguments={"x-stream-offset": "first"})
+        offset = await asyncio.wait_for(first, 30)
+        await queue.cancel(tag)
+    return offset
+
+
+async def test_replay_is_right_after_retention_deleted_everything_before_the_snapshot(
+    prefix: str, amqp: Broker
+):
+    """Retention of 6 s: failed items older than half of it are written again with the snapshot.
+
+    Then the broker deletes every segment before the snapshot (the first failed
+    records included), and a new reader still rebuilds the whole view.
+    """
+    topo = Topology(prefix, state_retention_s=6, state_segment_bytes=20_000)
+    writer = StateLog(amqp.connection, topo, "writer", snapshot_every=1_000_000)
+    await writer.start()
+    try:
+        await _append_all(writer, [order(n, 500) for n in range(40)], concurrency=4)
+        await writer.sync()
+        originals = writer.last_offset  # every failed item's first record is at or before
+        filler = "x" * 2000
+        for _ in range(12):  # the originals' segments hold nothing else
+            await writer.append(Marker(id=filler))
+        await writer.append(Parked(client_id="c3", message_id="M", error="boom"))
+        await writer.append(Paused(client_id="c4"))
+        await asyncio.sleep(3.2)  # past half the retention: the bodies get carried
+        await writer.write_snapshot()
+        await asyncio.sleep(3.0)  # the first records are past the retention, the snapshot not
+        for _ in range(60):  # roll segments: the broker applies retention when one rolls
+            await writer.append(Marker(id=filler))
+        deadline = asyncio.get_running_loop().time() + 2.5
+        while (first := await _first_offset(amqp, topo.state)) <= originals:
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"retention kept offset {first}: the test proves nothing")
+            await writer.append(Marker(id=filler))
+            await asyncio.sleep(0.5)
+        reader = StateLog(amqp.connection, topo, "reader")
+        await reader.start()
+        try:
+            assert reader.view == writer.view
+            assert len(reader.view.failed) == 40
+            assert all(e.record.message is not None for e in reader.view.failed.values())
+            assert set(reader.view.parked) == {"c3"}
+        finally:
+            await reader.stop()
+    finally:
+        await writer.stop()
+
+
+async def test_a_pointer_to_a_missing_snapshot_falls_back_to_a_full_replay(amqp: Broker):
+    """Something else in the snapshot queue (or a snapshot gone): start-up reads everything."""
+    writer = StateLog(amqp.connection, amqp.topo, "writer")
+    await writer.start()
+    try:
+        await _history(writer, clients=3, rounds=3)
+        async with amqp.connection.channel(publisher_confirms=True) as channel:
+            pointer = {"snapshot": "nowhere", "covers": 2, "from": 0, "parts": 3}
+            await channel.default_exchange.publish(
+                aio_pika.Message(orjson.dumps(pointer)), routing_key=amqp.topo.state_snapshot)
+        reader = StateLog(amqp.connection, amqp.topo, "reader")
+        await reader.start()
+        try:
+            assert reader.view == writer.view
+        finally:
+            await reader.stop()
+    finally:
+        await writer.stop()
+
+
+async def test_a_stream_declared_with_another_retention_is_kept(amqp: Broker):
+    """Changing S2SQ_STATE_RETENTION on a running deployment warns and goes on."""
+    first = StateLog(amqp.connection, amqp.topo, "first")
+    await first.start()
+    await first.append(Registered(client_id="acme"))
+    await first.stop()
+    other = replace(amqp.topo, state_retention_s=3600)
+    second = StateLog(amqp.connection, other, "second")
+    await second.start()
+    try:
+        assert second.view.clients == {"acme"}
+    finally:
+        await second.stop()

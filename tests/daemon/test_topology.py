@@ -79,7 +79,7 @@ def test_the_unrouted_queue_is_classic_whatever_the_queue_type(queue_type):
 
 def test_the_state_log_is_a_stream_kept_a_week_in_small_segments():
     """Every replica reads it non-destructively; retention by age drops whole segments."""
-    assert Topology.state_stream_arguments() == {
+    assert Topology("s2s").state_stream_arguments() == {
         "x-queue-type": "stream",
         "x-max-age": "7D",
         "x-stream-max-segment-size-bytes": 8_000_000,

@@ -237,3 +237,27 @@ async def test_unrouted_items_are_replayed_in_order_after_registering_the_client
         await amqp.wait_event("item.succeeded", "newco", count=3)
         assert "newco" in sup.consumers
     assert [e["message_id"] for e in amqp.named("item.succeeded", "newco")] == ["N0", "N1", "N2"]
+
+
+async def test_an_item_parked_without_a_message_id_is_skipped_from_the_console(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """Hole 10: the skip form of an item with no message_id used to send the text 'None'."""
+    base = _base(console_settings)
+    async with running(console_settings):
+        await amqp.publish_raw(b'{"sku": "N", "product": {}}', "acme",
+                               content_type="application/json", type="product.sync",
+                               headers={"client_id": "acme"})
+        await amqp.publish("acme", "AFTER")
+        [parked] = await amqp.wait_event("client.parked", "acme")
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/clients/acme")
+        await expect(page.locator(".error")).to_have_text("message has no message_id property")
+        assert 'value="None"' not in await page.content(), "the form names the item 'None'"
+        await expect(page.get_by_text("none (the producer sent no message_id)")).to_be_visible()
+        await page.get_by_role("button", name="Skip…").click()
+        await page.get_by_role("button", name="Yes, skip").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Skipped the item (it has no message id) (kept in the archive). acme runs again.")
+        await wait_until(lambda: "AFTER" in shop.skus("acme"), 15, "the next item to run")
+    assert parked["message_id"] is None
