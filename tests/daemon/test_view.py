@@ -202,3 +202,4 @@ def test_a_snapshot_names_bodies_it_cannot_find_as_lost():
     entry = rebuilt.failed["O1"]
     assert (entry.record.client_id, entry.record.error, entry.record.message) == (
         "acme", LOST_BODY, None)
+
