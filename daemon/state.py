@@ -233,6 +233,8 @@ class StateLog:
         self._snapshot_at = time.monotonic()
         self._snapshotting: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._pending_sync: asyncio.Future[None] | None = None  # a marker not sent yet
+        self._sending: set[asyncio.Task[None]] = set()
         self.replayed = 0  # records applied at start-up (after the snapshot)
         self._records_read = 0
 
@@ -351,7 +353,7 @@ class StateLog:
 
     async def stop(self) -> None:
         """Stop snapshotting, then close both channels."""
-        for task in (self._ticker, self._snapshotting):
+        for task in (self._ticker, self._snapshotting, *self._sending):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -383,14 +385,34 @@ class StateLog:
                 return
 
     async def sync(self, timeout: float = 300.0) -> None:
-        """Return once every record appended before this call is in `view`."""
+        """Return once every record appended before this call is in `view`.
+
+        Callers that come together share one marker: a marker that is not yet
+        published takes any number of waiters, since it goes out after all of
+        them asked (a thousand consumers placed at start-up, say, cost a few
+        markers, not a thousand).
+        """
+        waiter = self._pending_sync
+        if waiter is None:
+            waiter = self._pending_sync = asyncio.get_running_loop().create_future()
+            self._sending.add(task := asyncio.ensure_future(self._send_marker(waiter)))
+            task.add_done_callback(self._sending.discard)
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(waiter)
+
+    async def _send_marker(self, waiter: asyncio.Future[None]) -> None:
+        await asyncio.sleep(0)  # whoever asks in this turn of the loop rides along
+        self._pending_sync = None  # from now on a caller needs a marker sent after it
         marker = uuid.uuid4().hex
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._markers[marker] = waiter
         try:
             await self.append(Marker(id=marker))
-            async with asyncio.timeout(timeout):
-                await waiter
+            await waiter
+        except BaseException as exc:
+            if not waiter.done():
+                waiter.set_exception(exc if isinstance(exc, Exception) else
+                                     ConnectionError("the state log stopped"))
+                waiter.exception()  # its waiters raise it; nobody left waiting is fine too
         finally:
             self._markers.pop(marker, None)
 

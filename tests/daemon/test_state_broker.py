@@ -275,3 +275,26 @@ async def test_a_stream_declared_with_another_retention_is_kept(amqp: Broker):
         assert second.view.clients == {"acme"}
     finally:
         await second.stop()
+
+
+async def test_syncs_asked_together_share_a_marker(amqp: Broker):
+    """1,000 consumers placed at once each read the log up to now: a few markers, not 1,000."""
+    log = StateLog(amqp.connection, amqp.topo, "reader")
+    await log.start()
+    sent: list[Record] = []
+    append = log.append
+
+    async def counting(record: Record, patience: float = 300.0) -> None:
+        sent.append(record)
+        await append(record, patience)
+
+    log.append = counting  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(log.sync() for _ in range(1000)))
+        await log.append(Registered(client_id="late"))
+        await log.sync()  # a sync after a write still reads it
+        assert "late" in log.view.clients
+    finally:
+        await log.stop()
+    markers = [r for r in sent if isinstance(r, Marker)]
+    assert 1 <= len(markers) <= 3
