@@ -18,8 +18,10 @@ next (after a failover, say) applies the same rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from daemon.records import DigestAdded, DigestSent, Notified, NotifyRecord
 
 Record = dict[str, Any]
 
@@ -68,6 +70,9 @@ def _digest_with(digest: Record | None, entry: Record) -> Record:
 Email = Literal["parked", "failed", "digest"]
 
 
+Remember = Literal["notified", "digest.add", "digest.sent"]
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What to do with one queued notification."""
@@ -77,7 +82,23 @@ class Plan:
     webhook: bool = False
     digest_add: bool = False  # keep the failure for the window's digest
     open_window: bool = False  # schedule the digest check at the window's end
-    record: Record = field(default_factory=dict)  # fields of the record to append
+    remember: Remember | None = None  # the kind of record that keeps the decision
+    parked_mail: float | None = None
+    window_until: float | None = None
+
+    def record(self, job: Record, now: float) -> NotifyRecord | None:
+        """The state record that keeps this decision for `job`, decided at `now` (pure)."""
+        client_id, job_id = str(job.get("client_id") or ""), job.get("id")
+        ident = job_id if isinstance(job_id, str) else None
+        if self.remember == "notified":
+            return Notified(client_id=client_id, id=ident, t=now, parked_mail=self.parked_mail,
+                            window_until=self.window_until)
+        if self.remember == "digest.add":
+            return DigestAdded(client_id=client_id, id=ident, t=now, entry=digest_entry(job))
+        if self.remember == "digest.sent":
+            return DigestSent(client_id=client_id, id=ident, t=now,
+                              window_until=self.window_until)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +120,7 @@ def decide(mem: Record | None, job: Record, now: float, rules: Rules, *,
         return _failed(mem, now, rules, has_email, has_webhook)
     if kind == "resumed":
         return Plan("sent" if has_webhook else "nothing to send", webhook=has_webhook,
-                    record={"kind": "notified"})
+                    remember="notified")
     if kind == "digest":
         return _digest_due(mem, job, now, rules)
     return Plan(f"unknown job {kind!r}")
@@ -109,20 +130,20 @@ def _parked(mem: Record, job: Record, now: float, rules: Rules,
             has_email: bool, has_webhook: bool) -> Plan:
     last = mem["parked_mail"]
     if job.get("repeated") and last is not None and now - last < rules.quiet_period:
-        return Plan("quiet", record={"kind": "notified"})
+        return Plan("quiet", remember="notified")
     return Plan("sent", email="parked" if has_email else None, webhook=has_webhook,
-                record={"kind": "notified", "parked_mail": now})
+                remember="notified", parked_mail=now)
 
 
 def _failed(mem: Record, now: float, rules: Rules, has_email: bool, has_webhook: bool) -> Plan:
     if not has_email:
         return Plan("sent" if has_webhook else "nothing to send", webhook=has_webhook,
-                    record={"kind": "notified"})
+                    remember="notified")
     window = mem["window_until"]
     if window is not None and now < window:
-        return Plan("digest", webhook=has_webhook, digest_add=True, record={"kind": "digest.add"})
+        return Plan("digest", webhook=has_webhook, digest_add=True, remember="digest.add")
     return Plan("sent", email="failed", webhook=has_webhook, open_window=True,
-                record={"kind": "notified", "window_until": now + rules.digest_window})
+                remember="notified", window_until=now + rules.digest_window)
 
 
 def _digest_due(mem: Record, job: Record, now: float, rules: Rules) -> Plan:
@@ -132,7 +153,7 @@ def _digest_due(mem: Record, job: Record, now: float, rules: Rules) -> Plan:
         return Plan("nothing to send")
     until = max(now, float(job.get("due") or now)) + rules.digest_window
     return Plan("sent", email="digest", open_window=True,
-                record={"kind": "digest.sent", "window_until": until})
+                remember="digest.sent", window_until=until)
 
 
 def digest_entry(job: Record) -> Record:

@@ -46,8 +46,8 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from daemon import mail, webhooks
 from daemon.clients import ClientConfig
 from daemon.notifications import Failure, Resumed
-from daemon.notify_rules import Plan, Rules, decide, digest_entry
-from daemon.records import Notified, decode
+from daemon.notify_rules import Plan, Rules, decide
+from daemon.records import Notified
 from daemon.settings import Settings
 from daemon.state import StateLog
 from daemon.topology import Topology
@@ -202,7 +202,7 @@ class Outbox:
         if plan.webhook:
             await self._deliver_later(self._webhook_delivery(job), job, now)
         if plan.open_window:
-            until = plan.record["window_until"]
+            until = plan.window_until
             await self._queue({"job": "digest", "id": f"digest:{client_id}:{until}",
                                "client_id": client_id, "due": until},
                               routing_key=self._topo.delay_queue(self._rules.digest_window,
@@ -213,16 +213,9 @@ class Outbox:
                  outcome=plan.why, email=plan.email, webhook=plan.webhook)
 
     async def _remember(self, plan: Plan, job: Job, client_id: str, now: float) -> None:
-        if not plan.record:
-            return
-        fields = {**plan.record, "client_id": client_id, "id": job.get("id"), "t": now}
-        if plan.digest_add:
-            fields["entry"] = digest_entry(job)
-        record = decode(fields)
-        if record is None:  # a bug in the rules: say so rather than write a bad record
-            log.error("notify.bad_record", client_id=client_id, kind=fields.get("kind"))
-            return
-        await self._state.append(record)
+        record = plan.record({**job, "client_id": client_id}, now)
+        if record is not None:
+            await self._state.append(record)
 
     @staticmethod
     def _webhook_delivery(job: Job) -> Job:

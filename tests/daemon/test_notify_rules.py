@@ -8,7 +8,8 @@ import pytest
 
 from daemon import mail, webhooks
 from daemon.notifications import Failure, summarize
-from daemon.notify_rules import REMEMBER_S, Rules, decide, digest_entry, empty_memory, fold
+from daemon.notify_rules import REMEMBER_S, Plan, Rules, decide, digest_entry, empty_memory, fold
+from daemon.records import as_dict
 from daemon.settings import Settings
 
 RULES = Rules(quiet_period=3600, digest_window=300)
@@ -25,33 +26,31 @@ def failed(message_id: str = "o1") -> dict[str, Any]:
                    "2026-11-28T10:00:00.000Z", {"order": {"id": 1001}}).job()
 
 
-def remember(memory: dict[str, Any], plan_record: dict[str, Any], job: dict[str, Any],
-             t: float) -> None:
+def remember(memory: dict[str, Any], plan: Plan, job: dict[str, Any], t: float) -> None:
     """Fold what the outbox would append for this decision."""
-    record = {**plan_record, "client_id": "acme", "id": job["id"], "t": t}
-    if record["kind"] == "digest.add":
-        record["entry"] = digest_entry(job)
-    fold(memory, record)
+    record = plan.record(job, t)
+    if record is not None:
+        fold(memory, as_dict(record))
 
 
 def test_a_park_sends_mail_and_webhook_and_the_same_park_again_is_a_duplicate():
     memory: dict[str, Any] = {}
     plan = decide(None, parked(), T0, RULES, has_email=True, has_webhook=True)
     assert (plan.why, plan.email, plan.webhook) == ("sent", "parked", True)
-    remember(memory, plan.record, parked(), T0)
+    remember(memory, plan, parked(), T0)
     again = decide(memory["acme"], parked(), T0 + 5, RULES, has_email=True, has_webhook=True)
     assert again.why == "duplicate"
-    assert not again.record
+    assert again.record(parked(), T0 + 5) is None
 
 
 def test_a_failed_retry_is_quiet_within_the_quiet_period_and_mailed_after_it():
     memory: dict[str, Any] = {}
     first = decide(None, parked(), T0, RULES, has_email=True, has_webhook=True)
-    remember(memory, first.record, parked(), T0)
+    remember(memory, first, parked(), T0)
     retry = parked(repeated=True, at="2026-11-28T10:20:00.000Z")
     quiet = decide(memory["acme"], retry, T0 + 1200, RULES, has_email=True, has_webhook=True)
     assert (quiet.why, quiet.email, quiet.webhook) == ("quiet", None, False)
-    remember(memory, quiet.record, retry, T0 + 1200)
+    remember(memory, quiet, retry, T0 + 1200)
     later = parked(repeated=True, at="2026-11-28T11:01:00.000Z")
     loud = decide(memory["acme"], later, T0 + 3660, RULES, has_email=True, has_webhook=True)
     assert (loud.why, loud.email) == ("sent", "parked")
@@ -60,7 +59,7 @@ def test_a_failed_retry_is_quiet_within_the_quiet_period_and_mailed_after_it():
 def test_a_new_park_is_always_mailed_even_within_the_quiet_period():
     memory: dict[str, Any] = {}
     first = decide(None, parked(), T0, RULES, has_email=True, has_webhook=False)
-    remember(memory, first.record, parked(), T0)
+    remember(memory, first, parked(), T0)
     other = Failure("acme", "blocking", "m2", "product.sync", "HTTP 400", 1,
                     "2026-11-28T10:01:00.000Z").job()
     assert decide(memory["acme"], other, T0 + 60, RULES, has_email=True,
@@ -71,12 +70,12 @@ def test_failures_in_a_window_go_to_one_digest_sent_when_the_window_closes():
     memory: dict[str, Any] = {}
     first = decide(None, failed("o0"), T0, RULES, has_email=True, has_webhook=True)
     assert (first.email, first.open_window, first.webhook) == ("failed", True, True)
-    remember(memory, first.record, failed("o0"), T0)
+    remember(memory, first, failed("o0"), T0)
     for n in range(1, 50):
         plan = decide(memory["acme"], failed(f"o{n}"), T0 + n, RULES, has_email=True,
                       has_webhook=True)
         assert (plan.why, plan.email, plan.webhook) == ("digest", None, True)
-        remember(memory, plan.record, failed(f"o{n}"), T0 + n)
+        remember(memory, plan, failed(f"o{n}"), T0 + n)
     digest = memory["acme"]["digest"]
     assert digest["count"] == 49
     assert digest["types"] == {"order.add_to_source": 49}
@@ -86,7 +85,7 @@ def test_failures_in_a_window_go_to_one_digest_sent_when_the_window_closes():
     plan = decide(memory["acme"], due, T0 + 300, RULES, has_email=True, has_webhook=True)
     assert (plan.why, plan.email, plan.webhook, plan.open_window) == ("sent", "digest", False,
                                                                       True)
-    remember(memory, plan.record, due, T0 + 300)
+    remember(memory, plan, due, T0 + 300)
     assert memory["acme"]["digest"] is None
     nxt = {"job": "digest", "id": f"digest:acme:{T0 + 600}", "client_id": "acme", "due": T0 + 600}
     assert decide(memory["acme"], nxt, T0 + 600, RULES, has_email=True,
@@ -96,7 +95,7 @@ def test_failures_in_a_window_go_to_one_digest_sent_when_the_window_closes():
 def test_a_digest_check_of_an_older_window_is_stale():
     memory: dict[str, Any] = {}
     first = decide(None, failed("o0"), T0, RULES, has_email=True, has_webhook=False)
-    remember(memory, first.record, failed("o0"), T0)
+    remember(memory, first, failed("o0"), T0)
     old = {"job": "digest", "id": "digest:acme:1", "client_id": "acme", "due": 1.0}
     assert decide(memory["acme"], old, T0 + 1, RULES, has_email=True,
                   has_webhook=False).why == "stale"
@@ -105,7 +104,7 @@ def test_a_digest_check_of_an_older_window_is_stale():
 def test_a_failure_after_the_window_is_mailed_at_once():
     memory: dict[str, Any] = {}
     first = decide(None, failed("o0"), T0, RULES, has_email=True, has_webhook=False)
-    remember(memory, first.record, failed("o0"), T0)
+    remember(memory, first, failed("o0"), T0)
     assert decide(memory["acme"], failed("o1"), T0 + 301, RULES, has_email=True,
                   has_webhook=False).email == "failed"
 
