@@ -187,3 +187,28 @@ async def test_a_parked_item_dead_lettered_at_the_delivery_limit_keeps_the_clien
     assert status["state"] == "parked"
     assert sup.outbox is not None
     assert sup.outbox.jobs["parked"] >= 2
+
+
+async def test_a_listing_on_one_replica_during_a_replay_on_another_keeps_the_order(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Hole 8: one replica replays 200 unrouted items while another lists them: the
+    replay gets all of them, in their original order (one browse at a time)."""
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, ["ghost"]))
+    settings = settings_for(prefix, tmp_path, clients_file=path)
+    skus = [f"U{n:03d}" for n in range(200)]
+    for sku in skus:  # no daemon yet, no queue: they all land in unrouted
+        await amqp.publish("ghost", sku)
+    async with AsyncExitStack() as stack:
+        one = await stack.enter_async_context(running(settings))
+        two = await stack.enter_async_context(running(settings))
+        replay, *listings = await asyncio.gather(
+            one.ops.replay_unrouted("ghost", actor="alice"),
+            *(two.ops.unrouted() for _ in range(3)))
+        await wait_until(lambda: len(shop.skus("ghost")) >= 200, 30, "the 200 replayed items")
+        left = await one.ops.unrouted()
+    assert replay["replayed"] == 200
+    assert shop.skus("ghost") == skus
+    assert left == []
+    assert all(len(listing) in (0, 200) for listing in listings)
