@@ -130,7 +130,7 @@ class Operations:
         await state.sync()
         winner = state.view.ops.get(record.op)
         if winner is None:
-            what = "paused" if isinstance(record, Paused) else "not paused"
+            what = "already paused" if isinstance(record, Paused) else "not paused"
             raise OperationError(f"client {record.client_id!r} is {what}")
         return winner == self._sup.replica
 
