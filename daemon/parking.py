@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -218,12 +220,6 @@ class Parking:
             await self._idle.wait()
         if self._stopping:
             return  # never started: handed back when the channel closes
-        if self._done_unacked is not None and self._is(delivery, self._done_unacked):
-            self._done_unacked = None
-            log.info("item.already_done", client_id=self.scope,
-                     message_id=delivery.message_id, type=delivery.type)
-            await delivery.ack()
-            return
         self._head = delivery
         self._phase = Phase.RUNNING
         await self._guarded(self._place_and_run(delivery), raise_=False)
@@ -236,13 +232,8 @@ class Parking:
         """Claim a redelivered item and see what the log says of it; True to run it now."""
         view = self._log.view
         if delivery.redelivered:
-            await self._log.append(Claimed(client_id=self.scope, message_id=delivery.message_id,
-                                           digest=digest_of(delivery.body)))
-            await self._log.sync()
-            view = self._log.view
-            self._epoch = view.epoch(self.scope)
-            if view.done.get(self.scope) is not None and self._is(delivery,
-                                                                   view.done[self.scope]):
+            view = await self._claim(delivery)
+            if self._already_done(delivery, view):
                 log.info("item.already_done", client_id=self.scope,
                          message_id=delivery.message_id, type=delivery.type)
                 with contextlib.suppress(Exception):  # a lost channel: redelivered, acked then
@@ -269,6 +260,41 @@ class Parking:
                      reason="paused")
             return False
         return True
+
+    async def _claim(self, delivery: Delivery) -> View:
+        """Write a claim of the redelivered item that wins, and read the log up to it.
+
+        A claim names the epoch its writer read; if another claim came first (it
+        cannot be a late one: those name an older epoch and change nothing), read
+        on and claim again.
+        """
+        for attempt in itertools.count():
+            if attempt:
+                await self._log.sync()
+            claim = uuid.uuid4().hex
+            await self._log.append(Claimed(
+                client_id=self.scope, message_id=delivery.message_id,
+                digest=digest_of(delivery.body), seen=self._log.view.epoch(self.scope),
+                claim=claim))
+            await self._log.sync()
+            view = self._log.view
+            if view.claim_ids.get(self.scope) == claim:
+                self._epoch = view.epoch(self.scope)
+                return view
+            log.info("item.claim_again", client_id=self.scope, message_id=delivery.message_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _already_done(self, delivery: Delivery, view: View) -> bool:
+        """Its release was recorded (or, the log parking it nowhere, it succeeded here)."""
+        done = view.done.get(self.scope)
+        if done is not None and self._is(delivery, done):
+            return True
+        mine, self._done_unacked = self._done_unacked, None
+        if mine is None or not self._is(delivery, mine):
+            return False
+        # Our run succeeded but its ack was lost. Trust that only while the log parks
+        # no item: someone else may have run it again since and parked it.
+        return self.scope not in view.parked
 
     async def _hold_park(self, delivery: Delivery, park: Parked) -> None:
         """Hold the parked item again unrun; or, if it left the queue, keep the client parked."""

@@ -66,12 +66,18 @@ class Registered:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Claimed:
-    """A replica received a client's head item redelivered: the epoch moves on."""
+    """A replica received a client's head item redelivered: the epoch moves on.
+
+    Check-and-set on `seen`, the epoch its writer read just before: a claim
+    from a replica that has lost the item since (a late record) changes nothing.
+    """
 
     kind: Literal["claim"] = "claim"
     client_id: Scope
     message_id: str | None
     digest: str = ""
+    seen: int | None = None
+    claim: str = ""  # this claim's id: its writer tells from it whether it won
     replica: str = ""
 
 

@@ -93,6 +93,7 @@ class View:
     notify: dict[str, dict[str, Any]] = field(default_factory=dict)  # daemon.notify_rules
     epochs: dict[Scope, int] = field(default_factory=dict)
     claims: dict[Scope, Identity] = field(default_factory=dict)  # last redelivered head
+    claim_ids: dict[Scope, str] = field(default_factory=dict)  # ...and the id of its claim
     done: dict[Scope, Identity] = field(default_factory=dict)  # last item released
     ops: dict[str, str] = field(default_factory=dict)  # op -> replica whose record did it
     fids: dict[str, tuple[str, str]] = field(default_factory=dict)  # fid -> (failed|pending, key)
@@ -134,7 +135,7 @@ class View:
     def _apply_head(self, record: Registered | Claimed | Parked | Announced | Unparked) -> None:
         match record:
             case Registered(client_id=client):
-                if client not in self.clients:
+                if client not in self.clients and record.op not in self.ops:
                     self.clients.add(client)
                     self._did(record.op, record.replica)
             case Claimed(client_id=scope):
@@ -156,6 +157,8 @@ class View:
     def _apply_flow(self, record: Paused | Resumed) -> None:
         """Pause and resume are check-and-set: a second pause (or resume) changes nothing."""
         client = record.client_id
+        if record.op and record.op in self.ops:
+            return  # the same operation again (a duplicate): it acts once
         if isinstance(record, Paused) and client not in self.paused:
             self.paused[client] = record
         elif isinstance(record, Resumed) and client in self.paused:
@@ -169,10 +172,14 @@ class View:
         return epoch is None or epoch == self.epochs.get(scope, 0)
 
     def _claimed(self, scope: Scope, record: Claimed) -> None:
+        if record.seen is not None and record.seen != self.epochs.get(scope, 0):
+            return  # its writer read an older epoch: it has lost the item since
         epoch = self.epochs.get(scope, 0) + 1
         self.epochs[scope] = epoch
         unfinished = self.open_claim(scope)
         self.claims[scope] = (record.message_id, record.digest)
+        if record.claim:
+            self.claim_ids[scope] = record.claim
         park = self.parked.get(scope)
         if park is not None and same_item(park, record.message_id, record.digest):
             self.parked[scope] = replace(park, epoch=epoch)  # the new holder adopts the park
@@ -221,6 +228,8 @@ class View:
         self.fids[record.fid] = ("failed", address)
 
     def _unfailed(self, record: Unfailed) -> None:
+        if record.op and record.op in self.ops:
+            return
         entry = self.failed.get(record.message_id)
         if entry is None or (record.fid and entry.record.fid != record.fid):
             return
@@ -268,7 +277,7 @@ class View:
         for scope, epoch in self.epochs.items():
             yield ["epoch", scope, epoch]
         for scope, (message_id, digest) in self.claims.items():
-            yield ["claim", scope, message_id, digest]
+            yield ["claim", scope, message_id, digest, self.claim_ids.get(scope, "")]
         for scope, (message_id, digest) in self.done.items():
             yield ["done", scope, message_id, digest]
         for op, replica in self.ops.items():
@@ -294,6 +303,15 @@ class View:
                 pause = decode({**data, "kind": "pause"})
                 if isinstance(pause, Paused):
                     self.paused[pause.client_id] = pause
+            case ["failed" | "pending", *_]:
+                self._restore_failed(entry, bodies)
+            case ["notify", str(client), dict(memory)]:
+                self.notify[client] = memory
+            case _:
+                self._restore_head(entry)
+
+    def _restore_failed(self, entry: list[Any], bodies: Mapping[int, Failed]) -> None:
+        match entry:
             case ["failed", str(address), int(offset), str(fid), *meta]:
                 self.failed[address] = FailedEntry(_body(bodies, offset, fid, meta), offset)
                 self.fids[fid] = ("failed", address)
@@ -303,12 +321,15 @@ class View:
                 self.pending[op] = Pending(FailedEntry(record, offset), how, actor, reason, op,
                                            replica, at)
                 self.fids[fid] = ("pending", op)
-            case ["notify", str(client), dict(memory)]:
-                self.notify[client] = memory
+
+    def _restore_head(self, entry: list[Any]) -> None:
+        match entry:
             case ["epoch", str(scope), int(epoch)]:
                 self.epochs[scope] = epoch
-            case ["claim", str(scope), message_id, str(digest)]:
+            case ["claim", str(scope), message_id, str(digest), str(claim)]:
                 self.claims[scope] = (message_id, digest)
+                if claim:
+                    self.claim_ids[scope] = claim
             case ["done", str(scope), message_id, str(digest)]:
                 self.done[scope] = (message_id, digest)
             case ["op", str(op), str(replica)]:

@@ -76,6 +76,23 @@ def test_a_claim_of_the_parked_item_adopts_the_park():
     assert after.done["acme"] == ("M", "dM")
 
 
+def test_a_late_claim_from_a_replica_that_lost_the_item_changes_nothing():
+    """A claim names the epoch its writer read: one that lands after a newer claim is void,
+    so it cannot fence the current holder's park or release out (found by the model)."""
+    first = Claimed(client_id="acme", message_id="M", digest="dM", seen=0, claim="a")
+    late = Claimed(client_id="acme", message_id="M", digest="dM", seen=0, claim="b")
+    view = fold(park(epoch=0), first, late)
+    assert (view.epochs["acme"], view.claim_ids["acme"]) == (1, "a")
+    assert fold(park(epoch=0), first, late, unpark(epoch=1)).parked == {}
+
+
+def test_an_operation_acts_once_even_when_its_record_comes_twice():
+    """A duplicate of a pause after a resume does not pause again (found by the model)."""
+    view = fold(Paused(client_id="a", op="p1"), Resumed(client_id="a", op="r1"),
+                Paused(client_id="a", op="p1"))
+    assert "a" not in view.paused
+
+
 def test_a_claim_of_another_item_leaves_the_park_as_it_is():
     """The parked item left the queue: the park stays for the holder to report it gone."""
     view = fold(park(mid="M"), claim(mid="N"))

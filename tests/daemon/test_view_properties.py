@@ -53,7 +53,8 @@ json_values: st.SearchStrategy[Any] = st.recursive(
 
 records: st.SearchStrategy[Record] = st.one_of(
     st.builds(Registered, client_id=clients, op=ops, replica=st.sampled_from(["r1", "r2"])),
-    st.builds(Claimed, client_id=clients, message_id=mids, digest=digests),
+    st.builds(Claimed, client_id=clients, message_id=mids, digest=digests,
+              seen=st.sampled_from([None, 0, 1, 2]), claim=st.sampled_from(["", "k1", "k2"])),
     st.builds(Parked, client_id=clients, message_id=mids, digest=digests, epoch=epochs,
               error=st.sampled_from(["e1", "e2"]), since=times, failed_at=times,
               payload=json_values, gone=st.booleans()),
