@@ -515,7 +515,8 @@ class Parking:
         if task.cancelled():
             raise OperationError(
                 f"the {what} of client {self.scope!r} was interrupted: the daemon lost its"
-                " channel to the broker; the item is held again as it was (see its state)")
+                " channel to the broker, and whether it took effect is in the client's"
+                " state (the item is held again, parked, if it did not)")
         return task.result()
 
     def _start_held(self, delivery: Delivery) -> None:
