@@ -133,7 +133,9 @@ class NonBlockingPool:
     async def start(self) -> None:
         self._channel = await self._connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self._rt.settings.nonblocking_concurrency)
-        queue = await self._channel.get_queue(self._rt.topo.nonblocking, ensure=False)
+        # Declared (passively), not `get_queue(ensure=False)`: only a declared queue is
+        # consumed again when the robust connection comes back after a loss.
+        queue = await self._channel.declare_queue(self._rt.topo.nonblocking, passive=True)
         await queue.consume(self._on_message)
 
     def begin_stop(self) -> None:

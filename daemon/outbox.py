@@ -106,7 +106,8 @@ class Outbox:
         ):
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=prefetch)
-            queue = await channel.get_queue(queue_name, ensure=False)
+            # Declared, so that the robust channel consumes again after a reconnect.
+            queue = await channel.declare_queue(queue_name, passive=True)
             await queue.consume(callback)
             self._channels.append(channel)
 

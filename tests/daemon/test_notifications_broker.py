@@ -12,6 +12,7 @@ from tests.support import (
     Broker,
     FakeShop,
     clients_toml,
+    close_connection,
     free_port,
     running,
     scrape_metrics,
@@ -101,6 +102,25 @@ async def test_a_final_non_blocking_failure_sends_one_mail_with_why_it_failed(
         assert fact in text, f"{fact!r} missing from:\n{text}"
     assert hooks.hooks[0].body["event"] == "item.failed"
     assert hooks.hooks[0].body["data"]["final"] is True
+
+
+async def test_after_the_broker_closes_the_connection_orders_and_their_mails_go_on(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """The broker closes the daemon's connections (a restart, a network cut): once it is
+    back, the shared queue and the notification queues are consumed again. Before, only
+    the client queues were: orders and every mail stopped until the daemon restarted."""
+    shop.always["1002"] = 422
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks)) as sup:
+        await close_connection(f"s2s-queue {sup.replica}")
+        await wait_until(lambda: sup.recoveries >= 1 and sup.connected, 30, "a reconnect")
+        await amqp.order("globex", "1001")
+        await amqp.order("globex", "1002")
+        await wait_until(lambda: sorted(shop.skus()) == ["1001", "1002"], 20,
+                         "both orders at the back office")
+        await wait_until(lambda: len(smtp.mails) == 1 and len(hooks.hooks) == 1, 20,
+                         "the failure mail and webhook")
+    assert smtp.mails[0].subject == "[s2s-queue] globex Ltd: order 1002 failed"
 
 
 async def test_fifty_failures_in_a_window_give_the_first_mail_and_one_digest(
