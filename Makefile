@@ -4,6 +4,7 @@
 #   make test    ruff, mypy and pytest against the local broker (and headless chromium)
 #   make check   ruff and mypy only (no broker needed)
 #   make bench   the blocking- and non-blocking-queue benchmarks (+ Celery, Dramatiq)
+#   make model   check the park protocol's Promela models with SPIN (model/README.md)
 #   make clean   remove the virtualenv and caches
 #
 # PYTEST_ARGS is passed to pytest, e.g. make test PYTEST_ARGS='-k parking -x'.
@@ -24,7 +25,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 CONFIG := examples/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: help venv broker browser run test check bench clean
+.PHONY: help venv broker browser run test check bench model clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -73,6 +74,10 @@ check: venv
 bench: $(BENCH_STAMP) broker
 	$(BIN)/python bench/blocking.py
 	$(BIN)/python bench/nonblocking.py
+
+model:
+	scripts/ensure-spin.sh
+	model/run.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

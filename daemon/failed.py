@@ -37,6 +37,7 @@ from daemon.view import FailedEntry, Pending
 
 log = structlog.get_logger()
 
+GENERATION = "x-s2s-generation"  # on a copy a retry sent: the failure it was sent for
 REDRIVE_AFTER_S = 30.0
 REDRIVE_EVERY_S = 10.0
 
@@ -47,18 +48,25 @@ class UnknownItem(UnknownClient):
     """Raised when an action names a failed item that does not exist (HTTP 404)."""
 
 
-def rebuild(record: Failed) -> aio_pika.Message:
-    """A fresh message (fresh retry budget) from a failed record."""
+def rebuild(record: Failed, generation: str | None = None) -> aio_pika.Message:
+    """A fresh message (fresh retry budget) from a failed record.
+
+    `generation` names the copy: a copy that a retry sends carries the failure it
+    was sent for, so the old copy, redelivered after a lost ack, is still told
+    apart (`daemon.nonblocking`, "already failed").
+    """
     stored = record.message
     if stored is None:
         raise OperationError(f"the body of failed item {record.message_id!r} is no longer"
                              " in the state log (its record aged out); it cannot run again")
     raw = stored.body
     body = base64.b64decode(raw) if stored.body_encoding == "base64" else raw.encode()
+    headers: dict[str, Any] = dict(stored.headers)
+    if generation:
+        headers[GENERATION] = generation
     return aio_pika.Message(
         body, content_type=stored.content_type, message_id=record.message_id,
-        type=record.type, headers=dict(stored.headers),
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        type=record.type, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
     )
 
 
@@ -137,7 +145,8 @@ class FailedStore:
         try:
             record = pending.entry.record
             if pending.how == "retry":
-                await self._publish(rebuild(record), routing_key=record.client_id,
+                await self._publish(rebuild(record, generation=record.fid),
+                                    routing_key=record.client_id,
                                     exchange=self._topo.nonblocking)
                 log.info("failed.retried", client_id=record.client_id,
                          message_id=record.message_id, actor=pending.actor)
@@ -163,7 +172,12 @@ class FailedStore:
         await self._publish(archived, routing_key=self._topo.archive)
 
     async def redrive(self) -> int:
-        """Finish pending moves older than REDRIVE_AFTER_S (their replica died mid-way)."""
+        """Finish pending moves older than REDRIVE_AFTER_S (their replica died mid-way).
+
+        Reads the log up to now first: a move whose `released` this view has not
+        read yet would otherwise be published a second time.
+        """
+        await self._state.sync()
         stale = [p for p in list(self._state.view.pending.values())
                  if age_s(p.at) >= REDRIVE_AFTER_S and p.op not in self._moving]
         for pending in stale:

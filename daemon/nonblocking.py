@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
@@ -34,12 +35,15 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from daemon.failed import GENERATION
 from daemon.items import BadItem, Parsed, parse_item
 from daemon.notifications import failure_from_record
 from daemon.outcomes import BROKER_ERRORS, Outcomes
 from daemon.records import (
     Failed,
+    Redelivered,
     StoredMessage,
+    digest_of,
     display,
     display_payload,
     jsonable,
@@ -53,6 +57,7 @@ log = structlog.get_logger()
 
 ATTEMPT = "x-s2s-attempt"  # attempts made so far
 ERRORS = "x-s2s-errors"  # JSON list of {"attempt", "error", "at"}
+FENCED_AGAIN = 5  # a failed record fenced this often in a row: the copy goes back
 MAX_ATTEMPT_HEADER = 1000
 REQUEUE_PAUSE_S = 1.0
 
@@ -63,6 +68,14 @@ def attempts_made(headers: dict[str, Any]) -> int:
     if isinstance(made, bool) or not isinstance(made, int) or not 0 <= made <= MAX_ATTEMPT_HEADER:
         return 0
     return made
+
+
+def generation_of(headers: dict[str, Any]) -> str:
+    """Which copy of an item this is (pure): "" for the producer's and its delayed retries."""
+    value = headers.get(GENERATION)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
 
 
 def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,6 +111,8 @@ class Held:
 
     message: AbstractIncomingMessage
     settled: bool = False
+    generation: str = ""
+    count: int | None = None  # the claim count this replica holds a redelivered copy under
 
     async def ack(self) -> None:
         self.settled = True
@@ -190,10 +205,13 @@ class NonBlockingPool:
 
     async def _handle(self, held: Held) -> None:
         message = held.message
-        if message.redelivered and await self._already_failed(held):
-            return
-        parsed = self._parse(message)
         headers = dict(message.headers or {})
+        held.generation = generation_of(headers)
+        if message.redelivered:
+            await self._claim(held)
+            if await self._already_failed(held):
+                return
+        parsed = self._parse(message)
         attempt = attempts_made(headers) + 1
         if isinstance(parsed, BadItem):
             await self._fail(held, parsed.client_id, parsed.type, parsed.error, attempt,
@@ -209,15 +227,42 @@ class NonBlockingPool:
         await held.ack()
         await self._outcomes.succeeded(parsed, attempt, started)
 
+    async def _claim(self, held: Held) -> None:
+        """Claim a redelivered copy: a `failed` record of the replica that held it before is
+        then void (docs/parking.md, "The failed store"). A claim that another beat is
+        written again on the newer count."""
+        message_id = _str(held.message.message_id)
+        if not message_id:
+            return  # nothing to fence by: it can only fail, under a fresh address
+        state = self._rt.state
+        for attempt in itertools.count():
+            if attempt:
+                await state.sync()
+            claim = uuid.uuid4().hex
+            seen = state.view.copy_count(message_id)
+            await state.append(Redelivered(message_id=message_id, seen=seen, claim=claim))
+            await state.sync()
+            count, won = state.view.copies.get(message_id, (0, ""))
+            if won == claim:
+                held.count = count
+                return
+
     async def _already_failed(self, held: Held) -> bool:
-        """A crash between recording a failure and the ack: ack, do not run again."""
+        """This copy's failure was recorded before a crash (or a lost ack): ack it unrun.
+
+        Told by (message id, generation, body): a copy a `retry_failed` sent since has
+        a generation of its own, and runs.
+        """
         message = held.message
-        await self._rt.state.sync()
-        entry = self._rt.state.view.failed.get(message.message_id or "")
-        if entry is None or entry.record.message != stored_message(message):
+        view = self._rt.state.view
+        spent = view.spent.get((_str(message.message_id) or "", held.generation))
+        if spent is None or spent[1] not in ("", digest_of(message.body)):
             return False
+        fid = spent[0]
         log.info("item.already_failed", message_id=message.message_id, type=message.type)
-        await self._notify(held, entry.record)
+        where = view.fids.get(fid)
+        if where is not None and where[0] == "failed":  # still failed: notify (again)
+            await self._notify(held, view.failed[where[1]].record)
         await held.ack()
         return True
 
@@ -260,7 +305,8 @@ class NonBlockingPool:
             message.body, content_type=message.content_type, message_id=message.message_id,
             type=message.type, timestamp=message.timestamp,
             headers={"client_id": item.client_id, ATTEMPT: attempt,
-                     ERRORS: orjson.dumps(jsonable(history)).decode()},
+                     ERRORS: orjson.dumps(jsonable(history)).decode(),
+                     **({GENERATION: held.generation} if held.generation else {})},
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self._rt.publish_confirmed(retry, routing_key=self._rt.topo.delay_queue(delay))
@@ -281,9 +327,11 @@ class NonBlockingPool:
         message_id = _str(message.message_id) or f"no-message-id-{uuid.uuid4().hex}"
         record = Failed(message_id=message_id, fid=uuid.uuid4().hex, client_id=client_id,
                         type=type_, error=error, errors=history, attempts=attempt,
-                        failed_at=now, payload=payload,
-                        message=stored_message(message))
-        await self._rt.state.append(record)
+                        failed_at=now, payload=payload, message=stored_message(message),
+                        generation=held.generation)
+        if not await self._record_failure(held, record):
+            await held.requeue()
+            return
         self._rt.metrics.count(type_, "nonblocking", "failed_final")
         # Queued before the ack: a crash in between redelivers the item, and
         # `_already_failed` queues it again (the outbox sends it once).
@@ -295,6 +343,27 @@ class NonBlockingPool:
             "item.failed", client_id=client_id, message_id=message_id, type_=type_,
             queue="nonblocking", error=error, attempt=attempt, final=True,
         )
+
+    async def _record_failure(self, held: Held, record: Failed) -> bool:
+        """Write the failure under the copy's claim count; read it back; again if fenced.
+
+        It is fenced only when another copy of the item (a documented duplicate) was
+        claimed meanwhile; False if that keeps happening (the copy then goes back).
+        """
+        state = self._rt.state
+        has_id = _str(held.message.message_id) is not None
+        count = held.count
+        for _ in range(FENCED_AGAIN):
+            if has_id and count is None:
+                count = state.view.copy_count(record.message_id)
+            await state.append(replace(record, count=count if has_id else None))
+            await state.sync()
+            if record.fid in state.view.fids:
+                return True
+            log.info("item.failed_fenced", message_id=record.message_id)
+            count = None  # read the newer count and write it again
+        log.error("item.failed_not_recorded", message_id=record.message_id)
+        return False
 
 
 def _str(value: Any) -> str | None:

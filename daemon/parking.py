@@ -236,6 +236,8 @@ class Parking:
             if self._already_done(delivery, view):
                 log.info("item.already_done", client_id=self.scope,
                          message_id=delivery.message_id, type=delivery.type)
+                if view.open_claim(self.scope) is not None:  # ours: close it before the ack
+                    await self._close_claim(delivery)
                 with contextlib.suppress(Exception):  # a lost channel: redelivered, acked then
                     await delivery.ack()
                 self._release(delivery)
@@ -283,6 +285,13 @@ class Parking:
                 return view
             log.info("item.claim_again", client_id=self.scope, message_id=delivery.message_id)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _close_claim(self, delivery: Delivery) -> None:
+        """A claimed item is done: say so before the ack, or the next item would find the
+        claim open and take the item for one that left the queue unfinished."""
+        await self._log.append(Unparked(
+            client_id=self.scope, message_id=delivery.message_id,
+            digest=digest_of(delivery.body), epoch=self._epoch, how="done"))
 
     def _already_done(self, delivery: Delivery, view: View) -> bool:
         """Its release was recorded (or, the log parking it nowhere, it succeeded here)."""
@@ -358,9 +367,7 @@ class Parking:
                 await asyncio.sleep(work.backoff(attempt))
             else:
                 if delivery.redelivered:  # close our claim before the ack (docs/parking.md)
-                    await self._log.append(Unparked(
-                        client_id=self.scope, message_id=delivery.message_id,
-                        digest=digest_of(delivery.body), epoch=self._epoch, how="done"))
+                    await self._close_claim(delivery)
                 await self._settle(delivery)
                 await self._report.succeeded(parsed, attempt, started)
                 return

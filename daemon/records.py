@@ -16,7 +16,7 @@ Kinds (docs/parking.md has what the fold does with each):
 
     register   claim   park   announced   unpark         (a client's head)
     pause      resume                                      (flow)
-    failed     unfail  released                            (the failed store)
+    failed     redelivered  unfail  released               (the failed store)
     notified   digest.add  digest.sent                     (notification memory)
     marker     snapshot                                    (the log's own)
 """
@@ -177,6 +177,22 @@ class Failed:
     payload: Any = None
     message: StoredMessage | None = None
     at: str = ""
+    generation: str = ""  # which copy failed: "" the producer's, else the move that sent it
+    count: int | None = None  # the copy's claim count its writer held it under (a fence)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redelivered:
+    """A replica received a non-blocking copy redelivered: the item's claim count moves on.
+
+    Check-and-set on `seen`, like a blocking `claim`: a `failed` record written
+    under an older count (by a replica that has lost that copy since) is void.
+    """
+
+    kind: Literal["redelivered"] = "redelivered"
+    message_id: str
+    seen: int = 0
+    claim: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,7 +276,8 @@ class SnapshotPart:
 
 Record = (
     Registered | Claimed | Parked | Announced | Unparked | Paused | Resumed
-    | Failed | Unfailed | Released | Notified | DigestAdded | DigestSent | Marker | SnapshotPart
+    | Failed | Redelivered | Unfailed | Released | Notified | DigestAdded | DigestSent | Marker
+    | SnapshotPart
 )
 NotifyRecord = Notified | DigestAdded | DigestSent
 

@@ -16,6 +16,7 @@ does is in docs/parking.md; the two rules that keep it exact:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, assert_never
@@ -32,6 +33,7 @@ from daemon.records import (
     Parked,
     Paused,
     Record,
+    Redelivered,
     Registered,
     Released,
     Resumed,
@@ -41,10 +43,14 @@ from daemon.records import (
     Unparked,
     as_dict,
     decode,
+    digest_of,
 )
 
 MAX_OPS = 10_000
 """Admin operations remembered (which replica's record won), newest kept."""
+
+MAX_COPIES = 100_000
+"""Non-blocking items whose copies are remembered (claim counts, generations failed)."""
 
 LOST_BODY = "its record was deleted by the state log's retention before start-up read it"
 LEFT_UNFINISHED = "the item left the queue without finishing"
@@ -97,6 +103,9 @@ class View:
     done: dict[Scope, Identity] = field(default_factory=dict)  # last item released
     ops: dict[str, str] = field(default_factory=dict)  # op -> replica whose record did it
     fids: dict[str, tuple[str, str]] = field(default_factory=dict)  # fid -> (failed|pending, key)
+    copies: dict[str, tuple[int, str]] = field(default_factory=dict)  # message id -> claims, last
+    spent: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    """(message id, generation) of every copy that failed -> (fid, body digest)."""
 
     def epoch(self, scope: Scope) -> int:
         return self.epochs.get(scope, 0)
@@ -117,6 +126,8 @@ class View:
                 self._apply_flow(record)
             case Failed():
                 self._failed(record, offset)
+            case Redelivered():
+                self._redelivered(record)
             case Unfailed():
                 self._unfailed(record)
             case Released(op=op):
@@ -221,11 +232,26 @@ class View:
             else:
                 self.pending[key] = replace(self.pending[key], entry=entry)
             return
+        if record.count is not None and record.count != self.copy_count(record.message_id):
+            return  # its writer lost that copy since: another replica claimed it
         address = record.message_id
         if address in self.failed:  # another item with the same message id: keep both
             address = f"{record.message_id}~{record.fid[:12]}"
         self.failed[address] = entry
         self.fids[record.fid] = ("failed", address)
+        digest = digest_of_stored(record)
+        _remember(self.spent, (record.message_id, record.generation), (record.fid, digest))
+
+    def copy_count(self, message_id: str) -> int:
+        """How many times copies of this non-blocking item were claimed after a redelivery."""
+        known = self.copies.get(message_id)
+        return 0 if known is None else known[0]
+
+    def _redelivered(self, record: Redelivered) -> None:
+        count = self.copy_count(record.message_id)
+        if record.seen != count:
+            return  # its writer read an older count: a claim came first
+        _remember(self.copies, record.message_id, (count + 1, record.claim))
 
     def _unfailed(self, record: Unfailed) -> None:
         if record.op and record.op in self.ops:
@@ -282,6 +308,10 @@ class View:
             yield ["done", scope, message_id, digest]
         for op, replica in self.ops.items():
             yield ["op", op, replica]
+        for message_id, (count, claim) in self.copies.items():
+            yield ["copy", message_id, count, claim]
+        for (message_id, generation), (fid, digest) in self.spent.items():
+            yield ["spent", message_id, generation, fid, digest]
 
     @classmethod
     def from_entries(cls, entries: list[list[Any]], bodies: Mapping[int, Failed]) -> View:
@@ -334,6 +364,28 @@ class View:
                 self.done[scope] = (message_id, digest)
             case ["op", str(op), str(replica)]:
                 self.ops[op] = replica
+            case ["copy", str(message_id), int(count), str(claim)]:
+                self.copies[message_id] = (count, claim)
+            case ["spent", str(message_id), str(generation), str(fid), str(digest)]:
+                self.spent[(message_id, generation)] = (fid, digest)
+
+
+def _remember(memory: dict[Any, Any], key: Any, value: Any) -> None:
+    """Set `memory[key]`, newest last, forgetting the oldest past MAX_COPIES."""
+    memory.pop(key, None)
+    memory[key] = value
+    if len(memory) > MAX_COPIES:
+        del memory[next(iter(memory))]
+
+
+def digest_of_stored(record: Failed) -> str:
+    """The body digest of a failed record's message (what a redelivered copy is told by)."""
+    stored = record.message
+    if stored is None:
+        return ""
+    body = (base64.b64decode(stored.body) if stored.body_encoding == "base64"
+            else stored.body.encode("utf-8", "surrogatepass"))
+    return digest_of(body)
 
 
 def _body(bodies: Mapping[int, Failed], offset: int, fid: str, meta: list[Any]) -> Failed:

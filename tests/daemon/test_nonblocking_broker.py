@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 
+import aio_pika
 import aiohttp
 import pytest
 
@@ -12,6 +14,7 @@ from tests.support import (
     Broker,
     FakeShop,
     clients_toml,
+    close_connection,
     free_port,
     running,
     settings_for,
@@ -142,7 +145,6 @@ async def test_bad_input_goes_straight_to_failed_without_retries(
     """An invalid item is not retried: failed at once with the problem named."""
     async with running(_settings(prefix, tmp_path, shop)) as sup:
         async with amqp.connection.channel(publisher_confirms=True) as channel:
-            import aio_pika
             exchange = await channel.get_exchange(amqp.topo.nonblocking, ensure=False)
             await exchange.publish(aio_pika.Message(
                 body, content_type="application/json", message_id="B1",
@@ -180,3 +182,85 @@ async def test_failed_items_over_http_list_retry_and_skip(
     assert retried == (200, {"ok": True, "message_id": "H1", "client_id": "acme"})
     assert skipped == (200, {"ok": True, "message_id": "H2", "client_id": "globex"})
     assert missing == (404, {"ok": False, "error": "no failed item with message_id 'H3'"})
+
+
+async def _fail_unacked(amqp: Broker, order_id: str) -> aio_pika.abc.AbstractChannel:
+    """A replica that recorded an order's failure and died before its ack: the order is
+    held unacked on a channel of the test's own, its `failed` record in the state log.
+    Closing the channel hands the order back, redelivered."""
+    from daemon.nonblocking import stored_message
+    from daemon.records import Failed
+    from daemon.state import append_record, declare_state_stream
+
+    await declare_state_stream(amqp.connection, amqp.topo)
+    await amqp.order("acme", order_id)
+    channel = await amqp.connection.channel(publisher_confirms=True)
+    queue = await channel.get_queue(amqp.topo.nonblocking, ensure=False)
+    message = await queue.get(no_ack=False, timeout=5)
+    assert message is not None
+    assert message.message_id == order_id
+    record = Failed(message_id=order_id, fid=uuid.uuid4().hex, client_id="acme",
+                    type="order.add_to_source", error="HTTP 422 (a replica that died)",
+                    attempts=1, failed_at="2026-11-29T00:00:00Z",
+                    payload={"order": {"id": order_id}}, message=stored_message(message))
+    await append_record(channel, amqp.topo, record, "dead-replica")
+    return channel
+
+
+async def _drained(amqp: Broker) -> None:
+    async with amqp.connection.channel() as channel:
+        queue = await channel.declare_queue(amqp.topo.nonblocking, passive=True)
+        ready = queue.declaration_result.message_count
+    assert ready == 0 or ready is None
+
+
+async def test_a_recorded_failure_redelivered_after_its_retry_and_skip_never_runs_again(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Never run twice: a replica recorded the order's failure and died before the ack. An
+    admin retries it (the retry fails too) and skips it. The producer's copy then comes
+    back, redelivered: it is acked unrun, and nothing comes back into the failed list."""
+    shop.always["TWICE"] = 422
+    channel = await _fail_unacked(amqp, "TWICE")
+    async with running(_settings(prefix, tmp_path, shop)) as sup:
+        await wait_until(lambda: [i["message_id"] for i in sup.ops.failed()] == ["TWICE"],
+                         15, "the recorded failure listed")
+        retried = await amqp.control(action="retry_failed", message_id="TWICE")
+        await wait_until(lambda: shop.skus() == ["TWICE"], 15, "the retried copy run")
+        await amqp.wait_event("item.failed", "acme")
+        await wait_until(lambda: len(sup.ops.failed()) == 1, 15, "the retry failed again")
+        skipped = await amqp.control(action="skip_failed", message_id="TWICE")
+        await wait_until(lambda: sup.ops.failed() == [], 15, "the skip")
+        await channel.close()  # the dead replica's copy comes back, redelivered
+        await wait_until(lambda: sup.state.view.copy_count("TWICE") == 1, 15,
+                         "the redelivered copy claimed")
+        await stays(lambda: shop.skus() == ["TWICE"] and sup.ops.failed() == [], 1.5,
+                    "the redelivered copy of a failed, retried and skipped order ran again")
+        await _drained(amqp)
+    assert (retried["ok"], skipped["ok"]) == (True, True)
+    [archived] = await amqp.queue_messages(amqp.topo.archive)
+    assert archived.message_id == "TWICE"
+
+
+async def test_the_copy_a_retry_sent_runs_again_when_it_is_interrupted(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Nothing lost: the copy that `retry_failed` sent is cut off mid-run (its connection
+    closed) and comes back redelivered. It is not taken for the copy that failed before
+    (same message id, same body): it runs, and the order arrives."""
+    channel = await _fail_unacked(amqp, "AGAIN")
+    await channel.close()  # redelivered; the recorded failure says it is done
+    async with running(_settings(prefix, tmp_path, shop)) as sup:
+        await wait_until(lambda: sup.state.view.copy_count("AGAIN") == 1, 15,
+                         "the redelivered producer's copy claimed")
+        await stays(lambda: shop.skus() == [], 0.5, "a recorded failure ran again")
+        shop.delay = 3.0
+        await amqp.control(action="retry_failed", message_id="AGAIN")
+        await wait_until(lambda: shop.skus() == ["AGAIN"], 15, "the retried copy started")
+        await close_connection(f"s2s-queue {sup.replica}")
+        shop.delay = 0.0
+        await amqp.wait_event("item.succeeded", "acme", timeout=30)
+        await wait_until(lambda: sup.state.view.copy_count("AGAIN") == 2, 15,
+                         "the retried copy redelivered and claimed")
+        await wait_until(lambda: len(shop.skus()) == 2, 15, "the retried copy run again")
+        assert sup.ops.failed() == []

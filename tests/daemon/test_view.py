@@ -13,6 +13,7 @@ from daemon.records import (
     Parked,
     Paused,
     Record,
+    Redelivered,
     Registered,
     Released,
     Resumed,
@@ -202,6 +203,27 @@ def test_records_of_release_one_still_fold():
     assert view.parked == {}
     assert view.failed == {}
     assert view.pending == {}
+
+
+def test_a_failed_record_from_a_replica_that_lost_the_copy_is_void():
+    """A redelivered copy is claimed; a failure written under the older count (a late
+    record of the replica that held the copy before) never reaches the store."""
+    claim = Redelivered(message_id="O1", seen=0, claim="c")
+    late = replace(failed(), count=0)
+    assert fold(claim, late).failed == {}
+    assert list(fold(claim, replace(late, count=1)).failed) == ["O1"]
+    assert list(fold(late, claim).failed) == ["O1"]
+
+
+def test_every_copy_that_failed_is_remembered_by_its_generation():
+    """The producer's copy failed (generation ""), then the copy a retry sent: both are
+    remembered after they leave the store, so a late redelivery of either is not run."""
+    first = replace(failed(fid="f1"), generation="")
+    again = replace(failed(fid="f2"), generation="f1")
+    view = fold(first, Unfailed(message_id="O1", fid="f1", how="retry", op="a"),
+                Released(message_id="O1", op="a"), again)
+    assert set(view.spent) == {("O1", ""), ("O1", "f1")}
+    assert view.spent[("O1", "")][0] == "f1"
 
 
 def test_what_json_cannot_carry_is_written_as_text():
