@@ -15,6 +15,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from daemon.clients import CLIENT_ID_RE
 from daemon.state import utcnow
 from daemon.topology import Topology
 
@@ -30,6 +31,15 @@ EVENTS = (
     "client.paused",
     "client.registered",
 )
+
+NOT_AN_ID = "!invalid"
+"""The routing-key word of an event about a client id that is not one (an unrouted item's
+routing key can be any 255 bytes): no client is called that, so no client's binding gets it."""
+
+
+def routing_key(event: str, client_id: str) -> str:
+    """`<event>.<client_id>`, for a client id that is one (pure)."""
+    return f"{event}.{client_id if CLIENT_ID_RE.fullmatch(client_id) else NOT_AN_ID}"
 
 
 def event_body(
@@ -85,7 +95,7 @@ class Events:
         try:
             await self._exchange.publish(
                 aio_pika.Message(body, content_type="application/json"),
-                routing_key=f"{event}.{client_id}",
+                routing_key=routing_key(event, client_id),
                 mandatory=False,  # nobody listening is normal: no basic.return (DESIGN fact 7)
             )
         except Exception:

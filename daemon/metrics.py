@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SUCCEEDED, FAILED_TRANSIENT, FAILED_FINAL, SKIPPED = (
-    "succeeded", "failed_transient", "failed_final", "skipped")
+SUCCEEDED, FAILED_TRANSIENT, FAILED_FINAL, SKIPPED, UNROUTED = (
+    "succeeded", "failed_transient", "failed_final", "skipped", "unrouted")
 UNKNOWN_TYPE = "unknown"  # bad input of a type no handler has: one series, however many
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCRAPE_TIMEOUT = 10.0

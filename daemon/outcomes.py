@@ -15,7 +15,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon import logs
 from daemon.items import Parsed
-from daemon.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED
+from daemon.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED, UNROUTED
 from daemon.notifications import Failure, Resumed
 from daemon.records import Parked, Scope
 from daemon.runtime import Runtime
@@ -111,3 +111,11 @@ class Outcomes:
                  queue=queue, actor=actor, reason=reason)
         await self._rt.events.publish("item.skipped", client_id=client_id, message_id=message_id,
                                       type_=type_, queue=queue, actor=actor, reason=reason)
+
+    async def unrouted(self, client_id: str, message_id: str | None, type_: str | None) -> None:
+        """A blocking item for a client that is not registered landed in the unrouted queue."""
+        self._rt.metrics.count(type_, "blocking", UNROUTED)
+        log.info("item.unrouted", client_id=client_id, message_id=message_id, type=type_,
+                 queue="blocking")
+        await self._rt.events.publish("item.unrouted", client_id=client_id,
+                                      message_id=message_id, type_=type_, queue="blocking")

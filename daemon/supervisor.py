@@ -47,6 +47,7 @@ from daemon.topology import (
     declare_notify_queues,
     declare_topology,
 )
+from daemon.unrouted import UnroutedWatch
 from handlers import load_handlers
 from handlers.base import Handler
 from handlers.context import HandlerContext
@@ -147,6 +148,9 @@ class Supervisor:
             nonblocking = self._nonblocking = NonBlockingPool(self._connection, rt,
                                                               self.outcomes)
             await nonblocking.start()
+            watch = UnroutedWatch(self._connection, self.topo, self.outcomes)
+            await watch.start()
+            stack.push_async_callback(watch.stop)
             leadership = self._leadership = Leadership(self._connection, self.topo)
             await leadership.start()
             stack.push_async_callback(leadership.stop)

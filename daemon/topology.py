@@ -10,6 +10,8 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.blocking.<client>`      | one queue per client, single active consumer            |
 | `<p>.unrouted`               | fanout exchange + queue: blocking items for unknown ids |
 | `<p>.unrouted.lock`          | exclusive queue, while one replica browses unrouted     |
+| `<p>.unrouted.watch`         | queue, single active consumer: a copy of each unrouted  |
+|                              | item, to announce it (`item.unrouted`), then dropped    |
 | `<p>.nonblocking`            | topic exchange bound `#` to the queue of the same name  |
 | `<p>.nonblocking.delay.<N>ms`| one per retry delay: TTL N ms, dead-letters to the above |
 | `<p>.control`                | fanout exchange for control messages                    |
@@ -171,6 +173,20 @@ class Topology:
         return {"x-queue-type": "classic"}
 
     @property
+    def unrouted_watch(self) -> str:
+        return f"{self.unrouted}.watch"
+
+    @staticmethod
+    def unrouted_watch_arguments() -> dict[str, Any]:
+        """Copies to announce, one replica at a time; bounded, since a copy is only news.
+
+        With no daemon running for long, the oldest copies go first: the items
+        themselves stay in the unrouted queue whatever happens here.
+        """
+        return {"x-queue-type": "classic", "x-single-active-consumer": True,
+                "x-max-length": 10_000, "x-overflow": "drop-head"}
+
+    @property
     def state_snapshot(self) -> str:
         return f"{self.state}.snapshot"
 
@@ -211,6 +227,10 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
         topo.unrouted, durable=True, arguments=topo.unrouted_queue_arguments()
     )
     await unrouted_q.bind(unrouted_x)
+    watch_q = await channel.declare_queue(
+        topo.unrouted_watch, durable=True, arguments=topo.unrouted_watch_arguments()
+    )
+    await watch_q.bind(unrouted_x)
     await channel.declare_exchange(
         topo.blocking, ex.DIRECT, durable=True, arguments={"alternate-exchange": topo.unrouted}
     )

@@ -316,8 +316,9 @@ async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
     seconds = (0.2, 0.3, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 60, 300, 900)
     delays = [topo.delay_queue(s, target) for s in seconds
               for target in (topo.nonblocking, topo.notify, topo.notify_send)]
-    for name in (*delays, topo.unrouted, topo.nonblocking, topo.deadletter, topo.archive,
-                 topo.state, topo.leader, topo.state_snapshot, topo.notify, topo.notify_send):
+    for name in (*delays, topo.unrouted, topo.unrouted_watch, topo.nonblocking,
+                 topo.deadletter, topo.archive, topo.state, topo.leader, topo.state_snapshot,
+                 topo.notify, topo.notify_send):
         async with connection.channel() as channel:
             with suppress(Exception):
                 await channel.queue_delete(name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+import orjson
 import pytest
 
 from tests.support import (
@@ -317,3 +319,35 @@ async def test_after_losing_the_broker_connection_work_resumes_and_parks_hold(
         await wait_until(lambda: "Y" in shop.skus(), 15, "acme to resume after retry")
     assert retried["outcome"] == "succeeded"
     assert len(amqp.named("client.parked", "acme")) == 1
+
+
+async def test_each_unrouted_item_is_announced_once_even_with_a_routing_key_no_client_has(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """SPEC §6: `item.unrouted` on `item.unrouted.<client_id>` when an item lands in
+    unrouted. A routing key that is no client id still gets its event (on the word
+    `!invalid`, so no client's binding sees it) and the item is still kept."""
+    routed: list[tuple[str, dict[str, Any]]] = []
+    async with amqp.connection.channel() as channel:
+        tap = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await tap.bind(amqp.topo.events, routing_key="item.unrouted.#")
+
+        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            routed.append((message.routing_key or "", orjson.loads(message.body)))
+
+        await tap.consume(on_event, no_ack=True)
+        async with running(_settings(prefix, tmp_path, shop, ["acme"])):
+            await amqp.publish("ghost", "GH0")
+            await amqp.publish_raw(b'{"sku": "E"}', "../clients/acme/pause?",
+                                   message_id="EVIL", type="product.sync")
+            await amqp.publish("acme", "A1")
+            await amqp.wait_event("item.succeeded", "acme")
+            await wait_until(lambda: len(routed) == 2, 10, "two item.unrouted events")
+            await stays(lambda: len(routed) == 2, 0.5, "an unrouted item announced twice")
+            listed = await amqp.control(action="list_unrouted")
+    assert [(key, e["client_id"], e["message_id"], e["type"], e["queue"]) for key, e in routed] \
+        == [("item.unrouted.ghost", "ghost", "GH0", "product.sync", "blocking"),
+            ("item.unrouted.!invalid", "../clients/acme/pause?", "EVIL", "product.sync",
+             "blocking")]
+    assert [i["message_id"] for i in listed["items"]] == ["GH0", "EVIL"]
+    assert shop.skus() == ["A1"]

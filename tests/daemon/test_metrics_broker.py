@@ -46,6 +46,7 @@ async def test_a_scrape_counts_outcomes_and_shows_parks_pauses_failures_unrouted
         await amqp.order("globex", "SO-2")
         await amqp.publish("initech", type_="system.noop", payload={}, message_id="U1")
         await amqp.wait_event("client.parked", "acme")
+        await amqp.wait_event("item.unrouted", "initech")
         await wait_until(lambda: len(sup.state.view.failed) == 2, 15, "two failed orders")
         await sup.ops.skip_failed("SO-2", actor="tester", reason="duplicate")
         await sup.ops.pause("globex", actor="tester")
@@ -57,6 +58,7 @@ async def test_a_scrape_counts_outcomes_and_shows_parks_pauses_failures_unrouted
         's2s_items_total{outcome="failed_final",queue="nonblocking",'
         'type="order.add_to_source"}': 2,
         's2s_items_total{outcome="skipped",queue="nonblocking",type="order.add_to_source"}': 1,
+        's2s_items_total{outcome="unrouted",queue="blocking",type="system.noop"}': 1,
     }
     assert family(samples, "s2s_handler_duration_seconds_count") == {
         's2s_handler_duration_seconds_count{queue="blocking",type="system.noop"}': N,
