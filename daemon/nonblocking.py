@@ -44,12 +44,11 @@ from daemon.records import (
     Redelivered,
     StoredMessage,
     digest_of,
-    display,
     display_payload,
     jsonable,
     short_error,
 )
-from daemon.runtime import Runtime, call_handler, payload_dict
+from daemon.runtime import Runtime, call_handler
 from daemon.state import utcnow
 from handlers.errors import HandlerError, TransientError
 
@@ -295,7 +294,7 @@ class NonBlockingPool:
         item = parsed.item
         if not isinstance(exc, TransientError) or attempt > len(self._delays):
             await self._fail(held, item.client_id, item.type, str(exc), attempt,
-                             display(payload_dict(parsed)))
+                             display_payload(held.message.body))  # as the producer sent it
             return
         message = held.message
         delay = self._delays[attempt - 1]

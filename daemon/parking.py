@@ -43,7 +43,6 @@ from daemon.records import (
     Scope,
     Unparked,
     digest_of,
-    display,
     display_payload,
     short_error,
 )
@@ -359,9 +358,9 @@ class Parking:
                 await work.attempt(parsed, attempt)
             except HandlerError as exc:
                 if attempt == work.attempts or not isinstance(exc, TransientError):
-                    payload = display(parsed.item.payload.model_dump(mode="json"))
                     await self._park_failed(delivery, parsed.item.message_id, parsed.item.type,
-                                            str(exc), attempts=attempt, payload=payload)
+                                            str(exc), attempts=attempt,
+                                            payload=display_payload(delivery.body))
                     return
                 await self._report.attempt_failed(parsed, attempt, str(exc))
                 await asyncio.sleep(work.backoff(attempt))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -347,17 +348,10 @@ def display_payload(body: bytes) -> Any:
     """
     if len(body) > MAX_DISPLAY_BYTES:
         return _truncated(body)
-    try:
-        return orjson.loads(body)  # wide integers come back as floats; NaN is refused
-    except orjson.JSONDecodeError:
+    try:  # the standard parser: a wide integer stays exact (then written as text)
+        return jsonable(json.loads(body))
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than we follow
         return body[:2000].decode("utf-8", "replace")
-
-
-def display(value: Any) -> Any:
-    """A parsed payload for people, JSON-safe, its start only if its JSON is too large."""
-    value = jsonable(value)
-    size = len(orjson.dumps(value))
-    return value if size <= MAX_DISPLAY_BYTES else _truncated(orjson.dumps(value))
 
 
 def _truncated(raw: bytes) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import aio_pika
 import structlog
@@ -109,8 +108,3 @@ async def call_handler(
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based): base * 2**(n-1), capped."""
     return float(min(cap, base * 2 ** (attempt - 1)))
-
-
-def payload_dict(parsed: Parsed) -> Any:
-    """The validated payload as plain JSON data."""
-    return parsed.item.payload.model_dump(mode="json")

@@ -21,6 +21,7 @@ from daemon.records import (
     Unfailed,
     Unparked,
     decode,
+    display_payload,
     encode,
 )
 from daemon.view import LOST_BODY, View
@@ -232,6 +233,17 @@ def test_what_json_cannot_carry_is_written_as_text():
     decoded = decode(encode(wide, "r", "T"))
     assert isinstance(decoded, Failed)
     assert decoded.payload == {"order": {"id": "x", "ref": str(10**20)}}
+
+
+def test_a_payload_is_shown_as_the_producer_sent_it():
+    """Issue 12 hole 9: no defaults filled in; a wide integer keeps its digits, NaN and
+    nesting too deep to follow are shown, not refused."""
+    assert display_payload(b'{"sku": "X", "product": {}}') == {"sku": "X", "product": {}}
+    assert display_payload(b'{"ref": 100000000000000000000, "x": NaN}') == {
+        "ref": "100000000000000000000", "x": "nan"}
+    deep = b"[" * 5000 + b"]" * 5000
+    assert display_payload(deep) == deep[:2000].decode()
+    assert display_payload(b"not json \xff") == "not json \ufffd"
 
 
 def test_a_snapshot_names_bodies_it_cannot_find_as_lost():
