@@ -79,16 +79,23 @@ def check_email(address: str) -> str:
     return address
 
 
-def _check_http_url(value: str, *, plain: bool) -> str:
-    """Check `value` is an http(s) URL with a host; `plain` also refuses credentials and queries.
+def _check_http_url(value: str, *, plain: bool, credentials: str) -> str:
+    """Check `value` is an http(s) URL with a host and no credentials (`credentials` says where
+    they belong instead); `plain` also refuses queries.
 
-    Messages never quote the URL: it may hold credentials.
+    Messages never quote the URL: it may hold credentials. Credentials in a URL
+    are refused rather than hidden: every error about a call quotes its URL's
+    origin, and a password there would reach logs, events, mails and pages.
     """
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
-    if plain and (parts.username is not None or parts.password is not None):
-        raise ValueError("must not contain credentials: put the token in `token`")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"must not contain credentials: {credentials}")
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        raise ValueError("has a port outside 1-65535") from None
     if plain and (parts.query or parts.fragment):
         raise ValueError("must not have a query string or fragment")
     return value
@@ -108,7 +115,7 @@ class Connection(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _base_url_is_http(cls, value: str) -> str:
-        return _check_http_url(value, plain=True)
+        return _check_http_url(value, plain=True, credentials="put the token in `token`")
 
 
 class ClientConfig(BaseModel):
@@ -147,7 +154,10 @@ class ClientConfig(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url_is_http(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, plain=False)
+        if value is None:
+            return None
+        return _check_http_url(value, plain=False,
+                               credentials="webhooks are signed with webhook_secret")
 
     @field_validator("allowed_image_hosts")
     @classmethod

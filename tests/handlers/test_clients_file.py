@@ -171,6 +171,7 @@ def test_an_unknown_top_level_key_is_an_error(tmp_path):
         ('base_url = "shop.example/api"', "must be an http:// or https:// URL with a host"),
         (f'base_url = "https://u:{SECRET}@shop.example"', "must not contain credentials"),
         ('base_url = "https://shop.example/api?key=1"', "must not have a query string"),
+        ('base_url = "https://shop.example:99999"', "has a port outside 1-65535"),
         ('base_url = "https://shop.example"\nkind = "shopify"', "Input should be 'http' or"),
         ('base_url = "https://shop.example"\ntimeout = 0', "greater than 0"),
         ('kind = "http"', "clients.acme.channel.base_url: required"),
@@ -206,6 +207,20 @@ def test_a_webhook_url_without_a_secret_is_refused(tmp_path):
     assert message.endswith(
         "clients.acme: webhook_url needs webhook_secret: webhooks are always signed"
     )
+
+
+def test_a_webhook_url_with_credentials_is_refused_without_showing_them(tmp_path):
+    """`https://user:secret@host/...` is refused naming the client and the field, not the secret:
+    the password would be quoted in every error, event, log line and mail about the webhook."""
+    text = (f'[clients.acme]\nwebhook_url = "https://hooks:{SECRET}@h.example/s2s"\n'
+            f'webhook_secret = "other"\n')
+    message = load_error(tmp_path, text)
+    assert message.endswith(
+        "clients.acme.webhook_url: must not contain credentials: webhooks are signed with "
+        "webhook_secret"
+    )
+    assert SECRET not in message
+    assert "hooks:" not in message
 
 
 def test_list_entries_are_named_by_index(tmp_path):
