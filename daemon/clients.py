@@ -72,9 +72,10 @@ def _escape(char: str) -> str:
 
 
 def check_email(address: str) -> str:
-    """`address` if it looks like `ops@acme.example` (no spaces or line breaks), else ValueError."""
+    """`address` if it looks like `ops@acme.example` (no spaces, line breaks or other control
+    characters: it goes into a mail header), else ValueError."""
     local, at, domain = address.partition("@")
-    if not (local and at and domain) or any(c.isspace() for c in address):
+    if not (local and at and domain) or not address.isprintable() or " " in address:
         raise ValueError("each entry must be an email address like ops@acme.example")
     return address
 
@@ -133,6 +134,13 @@ class ClientConfig(BaseModel):
     catalog: Connection | None = None
     source: Connection | None = None
     warehouse: Connection | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_line(cls, value: str) -> str:
+        if not value.isprintable():  # it goes into mail subjects
+            raise ValueError("must be one line of printable text")
+        return value
 
     @field_validator("notify_emails")
     @classmethod

@@ -36,7 +36,7 @@ from pydantic import (
 from yarl import URL
 
 from daemon.clients import ClientConfig
-from handlers.base import Context, Handler, Item
+from handlers.base import ONE_LINE, Context, Handler, Item
 from handlers.connectors.http import USER_AGENT, Fetch, ImageEntry, display_url
 from handlers.connectors.images import Image, download, parse_url, refusal
 from handlers.errors import PermanentError, TransientError
@@ -45,7 +45,9 @@ from handlers.products import Sku
 log = structlog.get_logger()
 
 ImageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-ImageUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+", max_length=2048)]
+ImageUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+", max_length=2048),
+                     ONE_LINE]
+Text = Annotated[str, StringConstraints(max_length=255), ONE_LINE]
 _MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 
 
@@ -63,9 +65,9 @@ class SyncImagePayload(BaseModel):
     action: Literal["upsert", "delete"]
     url: ImageUrl | None = Field(None, validate_default=True,
                                  description="where the image is (upsert only)")
-    label: Annotated[str, StringConstraints(max_length=255)] | None = None
+    label: Text | None = None
     position: Annotated[int, Field(ge=0)] | None = None
-    roles: Annotated[list[str], Field(max_length=8)] = Field(
+    roles: Annotated[list[Text], Field(max_length=8)] = Field(
         [], description="Magento image roles: image, small_image, thumbnail, swatch_image")
 
     @field_validator("url")

@@ -223,6 +223,12 @@ def test_a_webhook_url_with_credentials_is_refused_without_showing_them(tmp_path
     assert "hooks:" not in message
 
 
+def test_a_client_name_must_be_one_line(tmp_path):
+    """The name goes into mail subjects: a line break there would add a header."""
+    message = load_error(tmp_path, '[clients.acme]\nname = "Acme\\r\\nBcc: x@y.example"\n')
+    assert message.endswith("clients.acme.name: must be one line of printable text")
+
+
 def test_list_entries_are_named_by_index(tmp_path):
     """An error inside a list shows which entry, like `notify_emails[1]`."""
     message = load_error(tmp_path, '[clients.acme]\nnotify_emails = ["a@b.example", 7]\n')

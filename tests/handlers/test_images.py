@@ -209,7 +209,7 @@ async def test_a_missing_image_is_permanent(images: ImageHost, ctx):
 
 @pytest.mark.parametrize(
     "sku", ["..", ".", "../../etc", "a/../../b", "/abs/path", "..\\..\\win", ".hidden",
-            "x" * 255, "nul\x00byte", "ü/..%2F"],
+            "x" * 255, "ü/..%2F"],
 )
 async def test_no_sku_stores_outside_its_clients_folder(images, ctx, root, sku):
     """Whatever the SKU says, the file lands in one folder right under `<image_dir>/acme`."""
@@ -222,7 +222,8 @@ async def test_no_sku_stores_outside_its_clients_folder(images, ctx, root, sku):
 
 @pytest.mark.parametrize(
     ("sku", "name"),
-    [("ABC-1", "ABC-1"), ("a/b", "a%2Fb"), ("..", "%2E."), (".x", "%2Ex"), ("a b", "a%20b")],
+    [("ABC-1", "ABC-1"), ("a/b", "a%2Fb"), ("..", "%2E."), (".x", "%2Ex"), ("a b", "a%20b"),
+     ("nul\x00byte", "nul%00byte")],
 )
 def test_a_sku_becomes_one_escaped_folder_name(sku, name):
     """Slashes, spaces and leading dots are escaped; plain SKUs stay readable."""
