@@ -215,3 +215,28 @@ async def test_a_refused_smtp_login_keeps_the_mail_waiting_instead_of_dropping_i
             assert ("s2s", "a-wrong-one") in smtp.logins
     finally:
         smtp.stop()
+
+
+async def test_a_sku_with_a_line_break_parks_naming_the_field_and_the_park_mail_arrives(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """`EVIL\\r\\nBcc: ...` is refused at the edge; the park mail is still built and sent, with
+    a one-line subject and no Bcc header (before, it was retried every second for ever)."""
+    sku = "EVIL\r\nBcc: someone@example.com"
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks)):
+        await amqp.publish("acme", sku, message_id="m-evil")
+        [parked] = await amqp.wait_event("client.parked", "acme")
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the park mail")
+    assert parked["error"] == (
+        "payload is not valid for product.sync: sku: must be one line of text: U+000D is not "
+        "allowed"
+    )
+    assert shop.seen == []
+    [mail] = smtp.mails
+    # Python folds this long subject right after "Subject:"; unfolded, it starts with a space.
+    assert mail.subject.lstrip() == (
+        "[s2s-queue] acme Ltd: queue stopped at SKU EVIL Bcc: someone@example.com"
+    )
+    assert mail.message["Bcc"] is None
+    assert sorted(mail.rcpt) == ["admin@s2s.example", "ops@acme.example"]
+
