@@ -29,6 +29,7 @@ EVENTS = (
     "client.resumed",
     "client.paused",
     "client.registered",
+    "notification.failed",
 )
 
 

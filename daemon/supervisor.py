@@ -200,7 +200,7 @@ class Supervisor:
                                          cookie_jar=aiohttp.DummyCookieJar()) as http:
             context = HandlerContext(lambda: self.clients, http, settings=self.settings)
             outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
-                                          lambda: self.clients, http)
+                                          lambda: self.clients, http, events)
             self._rt = Runtime(self.settings, self.topo, self._handlers, context, events,
                                state, outbox, confirm, self.replica,
                                ItemMetrics(self._handlers))
