@@ -80,6 +80,44 @@ def check_email(address: str) -> str:
     return address
 
 
+def split_host_port(entry: str) -> tuple[str, int | None]:
+    """An `allowed_image_hosts` entry as (host, port or None) (pure).
+
+    `cdn.acme.example`, `cdn.acme.example:8080`, `10.0.0.5`, `[::1]:8080` and
+    `::1`; the host lower-cased, an IPv6 address without brackets.
+    ValueError when it is not one of these (a URL, say).
+    """
+    text = entry.strip().lower()
+    wrong = ValueError("each entry must be a host name like cdn.acme.example, or host:port, "
+                       "not a URL")
+    if not text or "/" in text or "@" in text or not text.isprintable() or " " in text:
+        raise wrong
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise wrong
+        port = _port(rest[1:], wrong) if rest else None
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = _port(number, wrong)
+    if not host:
+        raise wrong
+    return host, port
+
+
+def _port(text: str, wrong: ValueError) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise wrong
+    return int(text)
+
+
+def host_entry(host: str, port: int | None) -> str:
+    """`host` or `host:port` as an `allowed_image_hosts` entry is written (pure)."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
 def _check_http_url(value: str, *, plain: bool, credentials: str) -> str:
     """Check `value` is an http(s) URL with a host and no credentials (`credentials` says where
     they belong instead); `plain` also refuses queries.
@@ -170,10 +208,7 @@ class ClientConfig(BaseModel):
     @field_validator("allowed_image_hosts")
     @classmethod
     def _bare_hosts(cls, value: list[str]) -> list[str]:
-        hosts = [host.strip().lower() for host in value]
-        if any(not host or "/" in host or any(c.isspace() for c in host) for host in hosts):
-            raise ValueError("each entry must be a host name like cdn.acme.example, not a URL")
-        return hosts
+        return [host_entry(*split_host_port(entry)) for entry in value]
 
     @model_validator(mode="after")
     def _magento_sells(self) -> ClientConfig:

@@ -229,6 +229,27 @@ def test_a_client_name_must_be_one_line(tmp_path):
     assert message.endswith("clients.acme.name: must be one line of printable text")
 
 
+def test_allowed_image_hosts_take_names_addresses_and_ports(tmp_path):
+    """`host`, `host:port`, an IPv4 or IPv6 address (with a port in brackets), normalised."""
+    text = ('[clients.acme]\nallowed_image_hosts = ["CDN.acme.example", "cdn.acme.example:8443", '
+            '"10.0.0.5", "::1", "[::1]:8080"]\n')
+    clients = load_clients_file(write(tmp_path, text))
+    assert clients["acme"].allowed_image_hosts == [
+        "cdn.acme.example", "cdn.acme.example:8443", "10.0.0.5", "[::1]", "[::1]:8080"]
+
+
+@pytest.mark.parametrize(
+    "entry", ["https://cdn.acme.example", "cdn.acme.example/img", "cdn:0", "cdn:http",
+              "[::1]8080", "", "user@cdn.acme.example"],
+)
+def test_an_allowed_image_host_that_is_not_a_host_is_refused(tmp_path, entry):
+    message = load_error(tmp_path, f'[clients.acme]\nallowed_image_hosts = ["{entry}"]\n')
+    assert message.endswith(
+        "clients.acme.allowed_image_hosts: each entry must be a host name like "
+        "cdn.acme.example, or host:port, not a URL"
+    )
+
+
 def test_list_entries_are_named_by_index(tmp_path):
     """An error inside a list shows which entry, like `notify_emails[1]`."""
     message = load_error(tmp_path, '[clients.acme]\nnotify_emails = ["a@b.example", 7]\n')
