@@ -72,23 +72,69 @@ def _escape(char: str) -> str:
 
 
 def check_email(address: str) -> str:
-    """`address` if it looks like `ops@acme.example` (no spaces or line breaks), else ValueError."""
+    """`address` if it looks like `ops@acme.example` (no spaces, line breaks or other control
+    characters: it goes into a mail header), else ValueError."""
     local, at, domain = address.partition("@")
-    if not (local and at and domain) or any(c.isspace() for c in address):
+    if not (local and at and domain) or not address.isprintable() or " " in address:
         raise ValueError("each entry must be an email address like ops@acme.example")
     return address
 
 
-def _check_http_url(value: str, *, plain: bool) -> str:
-    """Check `value` is an http(s) URL with a host; `plain` also refuses credentials and queries.
+def split_host_port(entry: str) -> tuple[str, int | None]:
+    """An `allowed_image_hosts` entry as (host, port or None) (pure).
 
-    Messages never quote the URL: it may hold credentials.
+    `cdn.acme.example`, `cdn.acme.example:8080`, `10.0.0.5`, `[::1]:8080` and
+    `::1`; the host lower-cased, an IPv6 address without brackets.
+    ValueError when it is not one of these (a URL, say).
+    """
+    text = entry.strip().lower()
+    wrong = ValueError("each entry must be a host name like cdn.acme.example, or host:port, "
+                       "not a URL")
+    if not text or "/" in text or "@" in text or not text.isprintable() or " " in text:
+        raise wrong
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise wrong
+        port = _port(rest[1:], wrong) if rest else None
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = _port(number, wrong)
+    if not host:
+        raise wrong
+    return host, port
+
+
+def _port(text: str, wrong: ValueError) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise wrong
+    return int(text)
+
+
+def host_entry(host: str, port: int | None) -> str:
+    """`host` or `host:port` as an `allowed_image_hosts` entry is written (pure)."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def _check_http_url(value: str, *, plain: bool, credentials: str) -> str:
+    """Check `value` is an http(s) URL with a host and no credentials (`credentials` says where
+    they belong instead); `plain` also refuses queries.
+
+    Messages never quote the URL: it may hold credentials. Credentials in a URL
+    are refused rather than hidden: every error about a call quotes its URL's
+    origin, and a password there would reach logs, events, mails and pages.
     """
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
-    if plain and (parts.username is not None or parts.password is not None):
-        raise ValueError("must not contain credentials: put the token in `token`")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"must not contain credentials: {credentials}")
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        raise ValueError("has a port outside 1-65535") from None
     if plain and (parts.query or parts.fragment):
         raise ValueError("must not have a query string or fragment")
     return value
@@ -108,7 +154,7 @@ class Connection(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _base_url_is_http(cls, value: str) -> str:
-        return _check_http_url(value, plain=True)
+        return _check_http_url(value, plain=True, credentials="put the token in `token`")
 
 
 class ClientConfig(BaseModel):
@@ -126,6 +172,13 @@ class ClientConfig(BaseModel):
     catalog: Connection | None = None
     source: Connection | None = None
     warehouse: Connection | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_line(cls, value: str) -> str:
+        if not value.isprintable():  # it goes into mail subjects
+            raise ValueError("must be one line of printable text")
+        return value
 
     @field_validator("notify_emails")
     @classmethod
@@ -147,15 +200,15 @@ class ClientConfig(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url_is_http(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, plain=False)
+        if value is None:
+            return None
+        return _check_http_url(value, plain=False,
+                               credentials="webhooks are signed with webhook_secret")
 
     @field_validator("allowed_image_hosts")
     @classmethod
     def _bare_hosts(cls, value: list[str]) -> list[str]:
-        hosts = [host.strip().lower() for host in value]
-        if any(not host or "/" in host or any(c.isspace() for c in host) for host in hosts):
-            raise ValueError("each entry must be a host name like cdn.acme.example, not a URL")
-        return hosts
+        return [host_entry(*split_host_port(entry)) for entry in value]
 
     @model_validator(mode="after")
     def _magento_sells(self) -> ClientConfig:

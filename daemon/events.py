@@ -30,6 +30,7 @@ EVENTS = (
     "client.resumed",
     "client.paused",
     "client.registered",
+    "notification.failed",
 )
 
 NOT_AN_ID = "!invalid"

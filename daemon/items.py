@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from handlers.base import Handler, Item, QueueKind
+from handlers.base import Handler, Item, QueueKind, one_line
 
 MAX_MESSAGE_ID = 255
 
@@ -90,6 +90,10 @@ def _check_envelope(
         return "message_id is not a string"
     if len(message_id) > MAX_MESSAGE_ID:
         return f"message_id is longer than {MAX_MESSAGE_ID} characters"
+    try:
+        one_line(message_id)
+    except ValueError as exc:
+        return f"message_id {exc}"
     if not type_:
         return "message has no type property"
     if not isinstance(type_, str) or type_ not in handlers:

@@ -9,6 +9,7 @@ retrying and ones that never succeed (a refused recipient, say).
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,15 +129,29 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:g} minutes"
 
 
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def header(value: str) -> str:
+    """`value` as one line for a mail header: each run of control characters (line breaks
+    included) becomes one space (pure).
+
+    Defence in depth: payloads are checked at the edge (`handlers.base.one_line`),
+    but a summary or name from elsewhere with a line break in it would make
+    `EmailMessage` refuse the header, and the mail could never be built.
+    """
+    return _NOT_ONE_LINE.sub(" ", value).strip()
+
+
 def message(mail: Mail, sender: str) -> EmailMessage:
     """The MIME message: text first, HTML (when there is some) as the alternative; a stable
-    Message-ID derived from `mail.ref`."""
+    Message-ID derived from `mail.ref`. Every header is one line (`header`)."""
     msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = ", ".join(mail.to)
+    msg["From"] = header(sender)
+    msg["To"] = header(", ".join(mail.to))
     if mail.cc:
-        msg["Cc"] = ", ".join(mail.cc)
-    msg["Subject"] = mail.subject
+        msg["Cc"] = header(", ".join(mail.cc))
+    msg["Subject"] = header(mail.subject)
     msg["Date"] = formatdate(usegmt=True)
     digest = hashlib.sha256(mail.ref.encode()).hexdigest()[:32]
     msg["Message-ID"] = f"<{digest}@s2s-queue>"

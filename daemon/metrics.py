@@ -107,10 +107,11 @@ class _Snapshot(Collector):
     """The gauges and notification counters of one scrape (collectors cannot await)."""
 
     def __init__(self, gauges: Gauges, jobs: Mapping[str, int],
-                 deliveries: Mapping[tuple[str, str], int]) -> None:
+                 deliveries: Mapping[tuple[str, str], int], failures: Mapping[str, int]) -> None:
         self._gauges = gauges
         self._jobs = jobs
         self._deliveries = deliveries
+        self._failures = failures
 
     def collect(self) -> Iterator[Metric]:
         yield from self._state()
@@ -160,6 +161,12 @@ class _Snapshot(Collector):
         for (channel, outcome), value in sorted(self._deliveries.items()):
             deliveries.add_metric([channel, outcome], value)
         yield deliveries
+        failures = CounterMetricFamily(
+            "s2s_notification_failures", "Notifications given up because a step crashed on "
+            "them (a job that cannot be built), by step (decide, send).", labels=["step"])
+        for step, value in sorted(self._failures.items()):
+            failures.add_metric([step], value)
+        yield failures
         if self._gauges.backlog is not None:
             yield GaugeMetricFamily(
                 "s2s_notification_backlog", "Notifications waiting in the broker: to decide, "
@@ -204,5 +211,6 @@ async def render(supervisor: Supervisor, depths: DepthCache) -> bytes:
     metrics = supervisor.rt.metrics
     registry.register(metrics.items)
     registry.register(metrics.durations)
-    registry.register(_Snapshot(gauges, dict(outbox.jobs), dict(outbox.deliveries)))
+    registry.register(_Snapshot(gauges, dict(outbox.jobs), dict(outbox.deliveries),
+                                dict(outbox.failures)))
     return generate_latest(registry)

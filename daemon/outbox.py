@@ -17,6 +17,12 @@ Three steps, each safe to repeat after a crash, none on a consumer's path:
    `notify_retry_delays` (then the last delay again) until the notification
    is `notify_max_age` old; one that cannot succeed is logged and dropped.
 
+A job or delivery that crashes a step (one that cannot be built, or a bug) is
+put back at the end of its queue, `CRASH_LIMIT` tries in all, then given up
+and reported once: an error log line `notify.failed`, the counter behind
+`s2s_notification_failures_total` and a `notification.failed` event. No
+notification loops, and none holds the deciding queue.
+
 So an SMTP server that is down delays mail, visible in the log as
 `notify.retry_later`, while parking and items go on. Pending notifications
 are messages in the broker: they outlive a restart, and a graceful stop
@@ -33,8 +39,8 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
 
 import aio_pika
 import aiohttp
@@ -45,6 +51,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon import mail, webhooks
 from daemon.clients import ClientConfig
+from daemon.events import Events
 from daemon.notifications import Failure, Resumed
 from daemon.notify_rules import Plan, Rules, decide
 from daemon.records import Notified
@@ -55,8 +62,13 @@ from daemon.topology import Topology
 log = structlog.get_logger()
 
 Job = dict[str, Any]
+Step = Literal["decide", "send"]
 
 CRASH_PAUSE_S = 1.0
+CRASH_LIMIT = 5
+"""Tries at a job or delivery that crashes before it is given up and reported."""
+CRASHES_HEADER = "x-s2s-crashes"
+"""How often a requeued job or delivery crashed so far."""
 
 _EVENTS = {"parked": "client.parked", "failed": "item.failed", "resumed": "client.resumed"}
 
@@ -66,13 +78,14 @@ class Outbox:
 
     def __init__(self, connection: AbstractRobustConnection, settings: Settings, topo: Topology,
                  state: StateLog, clients: Callable[[], Mapping[str, ClientConfig]],
-                 http: aiohttp.ClientSession) -> None:
+                 http: aiohttp.ClientSession, events: Events) -> None:
         self._connection = connection
         self._settings = settings
         self._topo = topo
         self._state = state
         self._clients = clients
         self._http = http
+        self._events = events
         self._rules = Rules(settings.notify_quiet_period, settings.notify_digest_window)
         self._publisher: AbstractChannel | None = None
         self._channels: list[AbstractChannel] = []
@@ -80,6 +93,7 @@ class Outbox:
         self._stopping = False
         self.jobs: Counter[str] = Counter()  # queued, by job kind
         self.deliveries: Counter[tuple[str, str]] = Counter()  # by (channel, outcome)
+        self.failures: Counter[str] = Counter()  # given up after crashing, by step
 
     def __repr__(self) -> str:
         return f"<Outbox jobs={dict(self.jobs)} deliveries={dict(self.deliveries)}>"
@@ -124,7 +138,8 @@ class Outbox:
                 with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
                     await channel.close()
         log.info("notify.stopped", jobs=dict(self.jobs),
-                 deliveries={f"{c}.{o}": n for (c, o), n in self.deliveries.items()})
+                 deliveries={f"{c}.{o}": n for (c, o), n in self.deliveries.items()},
+                 failures=dict(self.failures))
 
     # -- 1. queue (called by the consumers) --------------------------------------
 
@@ -151,39 +166,85 @@ class Outbox:
 
     # -- shared by both consumers ------------------------------------------------
 
-    async def _guarded(self, message: AbstractIncomingMessage, work: Any) -> None:
+    async def _guarded(self, message: AbstractIncomingMessage, step: Step,
+                       work: Callable[[Job], Awaitable[None]]) -> None:
         if self._stopping:
             return  # not started: handed back when the channel closes
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
         try:
+            await self._run(message, step, work)
+        finally:
+            self._running.discard(task)
+
+    async def _run(self, message: AbstractIncomingMessage, step: Step,
+                   work: Callable[[Job], Awaitable[None]]) -> None:
+        try:
             job = orjson.loads(message.body)
             if not isinstance(job, dict):
                 raise TypeError("not a JSON object")
         except (orjson.JSONDecodeError, TypeError) as exc:
-            log.error("notify.bad_job", error=str(exc), queue=message.routing_key)
+            await self._give_up({}, step, f"not a notification: {exc}", 1)
             await message.ack()
             return
         try:
             await work(job)
             await message.ack()
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-            log.warning("notify.interrupted", client_id=job.get("client_id"),
-                        message_id=job.get("message_id"), error=repr(exc))
-        except Exception:
-            log.exception("notify.crashed", client_id=job.get("client_id"),
-                          message_id=job.get("message_id"))
-            await asyncio.sleep(CRASH_PAUSE_S)  # a bug: retried, but not in a tight loop
+            log.warning("notify.interrupted", **_about(job), error=repr(exc))
+        except Exception as exc:  # a crash (a job that cannot be built, a bug): bounded below
+            await self._crashed(message, job, step, exc)
+
+    async def _crashed(self, message: AbstractIncomingMessage, job: Job, step: Step,
+                       exc: Exception) -> None:
+        """Put a job that crashed back at the end of its queue, or give it up after
+        `CRASH_LIMIT` tries.
+
+        Not nack-requeued: a requeued message returns to the head, so one job that
+        cannot be built would come back for ever, and on the deciding queue
+        (prefetch 1) hold every notification behind it; a classic queue does not
+        count deliveries, so the count travels in a header.
+        """
+        crashes = _crashes(message) + 1
+        log.error("notify.crashed", **_about(job), step=step, crashes=crashes, exc_info=exc)
+        try:
+            if crashes >= CRASH_LIMIT:
+                await self._give_up(job, step, f"{type(exc).__name__}: {exc}", crashes)
+            else:
+                await asyncio.sleep(CRASH_PAUSE_S)  # a bug: retried, but not in a tight loop
+                assert self._publisher is not None, "Outbox.start() first"
+                await self._publisher.default_exchange.publish(
+                    aio_pika.Message(message.body, content_type="application/json",
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                     headers={CRASHES_HEADER: crashes}),
+                    routing_key=self._topo.notify if step == "decide" else self._topo.notify_send,
+                    mandatory=True,
+                )
+            await message.ack()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as err:
+            log.warning("notify.interrupted", **_about(job), error=repr(err))
             with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
                 await message.nack(requeue=True)
-        finally:
-            self._running.discard(task)
+
+    async def _give_up(self, job: Job, step: Step, error: str, attempts: int) -> None:
+        """Report a notification that cannot be built or sent: once, in the log (error), the
+        metrics and a `notification.failed` event."""
+        self.failures[step] += 1
+        about = _about(job)
+        error = error[:300]
+        log.error("notify.failed", **about, step=step, notification=job.get("id"),
+                  attempts=attempts, error=error)
+        await self._events.publish(
+            "notification.failed", client_id=str(about["client_id"] or ""),
+            message_id=about["message_id"], type_=about["type"],
+            queue=str(job.get("queue") or ""), notification=job.get("id"), step=step,
+            attempts=attempts, error=error)
 
     # -- 2. decide (one replica at a time) ---------------------------------------
 
     async def _on_job(self, message: AbstractIncomingMessage) -> None:
-        await self._guarded(message, self._decide)
+        await self._guarded(message, "decide", self._decide)
 
     async def _decide(self, job: Job) -> None:
         client_id = str(job.get("client_id") or "")
@@ -233,13 +294,13 @@ class Outbox:
         channel = delivery["channel"]
         delivery |= {"id": f"{job.get('id')}:{channel}", "client_id": job.get("client_id"),
                      "about": job.get("message_id"), "type": job.get("type"),
-                     "created": now, "attempt": 0}
+                     "queue": job.get("queue"), "created": now, "attempt": 0}
         await self._queue(delivery, routing_key=self._topo.notify_send)
 
     # -- 3. send (every replica) -------------------------------------------------
 
     async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
-        await self._guarded(message, self._send)
+        await self._guarded(message, "send", self._send)
 
     async def _send(self, delivery: Job) -> None:
         fields: dict[str, Any] = {
@@ -295,3 +356,16 @@ class Outbox:
         ours = getattr(exc, "settings", False)  # our SMTP settings: someone must act
         (log.error if ours else log.warning)("notify.retry_later", **fields, delay_s=delay,
                                               error=str(exc))
+
+
+def _crashes(message: AbstractIncomingMessage) -> int:
+    """How often this job crashed before (the header a requeue sets)."""
+    value = (message.headers or {}).get(CRASHES_HEADER)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _about(job: Job) -> dict[str, Any]:
+    """The item a job or delivery is about, for log lines and events."""
+    message_id = job.get("about", job.get("message_id"))
+    return {"client_id": job.get("client_id"), "message_id": message_id,
+            "type": job.get("type")}

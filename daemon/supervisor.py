@@ -198,10 +198,13 @@ class Supervisor:
         # An unroutable confirmed publish must raise, not come back as a basic.return.
         confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
         timeout = aiohttp.ClientTimeout(total=self.settings.handler_timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        # One session for every client's calls: it must keep no cookies, or one
+        # merchant's shop would get the cookies another's set on the same host.
+        async with aiohttp.ClientSession(timeout=timeout,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as http:
             context = HandlerContext(lambda: self.clients, http, settings=self.settings)
             outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
-                                          lambda: self.clients, http)
+                                          lambda: self.clients, http, events)
             self._rt = Runtime(self.settings, self.topo, self._handlers, context, events,
                                state, outbox, confirm, self.replica,
                                ItemMetrics(self._handlers))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -48,9 +49,25 @@ class WebhookError(Exception):
 
 
 def _host(url: str) -> str:
-    """Scheme, host and port only: a URL may hold a token in its path or query."""
-    parts = url.split("/")
-    return "/".join(parts[:3]) if len(parts) >= 3 else "the webhook URL"
+    """Scheme, host and port only: a URL may hold a password in its userinfo, a token in its
+    path or query (pure)."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not parts.scheme or not host:
+        return "the webhook URL"
+    try:
+        port = parts.port
+    except ValueError:  # out of range: aiohttp refuses the URL; show the host alone
+        port = None
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _failure(exc: Exception) -> str:
+    """A failure in plain words; aiohttp's InvalidURL quotes the whole URL, so it is not shown."""
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "not a valid URL"
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def post(session: aiohttp.ClientSession, url: str, secret: str, raw: bytes,
@@ -58,7 +75,8 @@ async def post(session: aiohttp.ClientSession, url: str, secret: str, raw: bytes
     """POST `raw` signed with `secret` to `url`.
 
     Raises:
-        WebhookError: quoting the status and the start of the body, never the URL's path.
+        WebhookError: quoting the status and the start of the body, never the URL's
+            userinfo, path or query.
     """
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, raw),
                "User-Agent": "s2s-queue"}
@@ -73,5 +91,5 @@ async def post(session: aiohttp.ClientSession, url: str, secret: str, raw: bytes
             raise WebhookError(f"webhook {_host(url)} answered HTTP {resp.status}: {start}",
                                permanent=permanent)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise WebhookError(f"webhook {_host(url)}: {type(exc).__name__}: {exc}",
-                           permanent=False) from None
+        raise WebhookError(f"webhook {_host(url)}: {_failure(exc)}",
+                           permanent=isinstance(exc, aiohttp.InvalidURL)) from None

@@ -8,11 +8,14 @@ pydantic model, and a `Context` that gives them the client's connections.
 from __future__ import annotations
 
 import builtins
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 if TYPE_CHECKING:
     import aiohttp
@@ -23,6 +26,40 @@ if TYPE_CHECKING:
 
 P = TypeVar("P", bound=BaseModel)
 QueueKind = Literal["blocking", "nonblocking"]
+
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(value: str) -> str:
+    """`value` if it is one line of text, else ValueError naming the first bad character (pure).
+
+    SKUs, ids, labels, URLs and subjects end up in URL paths, file names, log
+    lines, commands and mail headers: a line break there adds a header to a
+    mail (`Bcc: ...`) and makes it impossible to build. C0 and C1 controls
+    (tab included) and the Unicode line and paragraph separators are refused.
+    """
+    found = _NOT_ONE_LINE.search(value)
+    if found:
+        raise ValueError(f"must be one line of text: U+{ord(found.group()):04X} is not allowed")
+    return value
+
+
+class _OneLine:
+    """Pydantic metadata: check the string with `one_line` (after any constraints before it)
+    and mark its JSON schema `x-one-line`, so the type reference says so."""
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(one_line, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {**handler(schema), "x-one-line": True}
+
+
+ONE_LINE = _OneLine()
+"""For identifiers, names, URLs and subjects in payload models:
+`Annotated[str, StringConstraints(max_length=255), ONE_LINE]`."""
 
 
 @dataclass(frozen=True, slots=True)

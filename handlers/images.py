@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
@@ -35,17 +37,26 @@ from pydantic import (
 )
 from yarl import URL
 
-from daemon.clients import ClientConfig
-from handlers.base import Context, Handler, Item
+from daemon.clients import ClientConfig, split_host_port
+from handlers.base import ONE_LINE, Context, Handler, Item
 from handlers.connectors.http import USER_AGENT, Fetch, ImageEntry, display_url
-from handlers.connectors.images import Image, download, parse_url, refusal
+from handlers.connectors.images import (
+    HostPort,
+    Image,
+    download,
+    image_session,
+    parse_url,
+    refusal,
+)
 from handlers.errors import PermanentError, TransientError
 from handlers.products import Sku
 
 log = structlog.get_logger()
 
 ImageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-ImageUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+", max_length=2048)]
+ImageUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+", max_length=2048),
+                     ONE_LINE]
+Text = Annotated[str, StringConstraints(max_length=255), ONE_LINE]
 _MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 
 
@@ -63,9 +74,9 @@ class SyncImagePayload(BaseModel):
     action: Literal["upsert", "delete"]
     url: ImageUrl | None = Field(None, validate_default=True,
                                  description="where the image is (upsert only)")
-    label: Annotated[str, StringConstraints(max_length=255)] | None = None
+    label: Text | None = None
     position: Annotated[int, Field(ge=0)] | None = None
-    roles: Annotated[list[str], Field(max_length=8)] = Field(
+    roles: Annotated[list[Text], Field(max_length=8)] = Field(
         [], description="Magento image roles: image, small_image, thumbnail, swatch_image")
 
     @field_validator("url")
@@ -87,11 +98,13 @@ class FetchImagesPayload(BaseModel):
     urls: Annotated[list[ImageUrl], Field(min_length=1, max_length=50)]
 
 
-def image_hosts(config: ClientConfig, client_id: str) -> frozenset[str]:
-    """The hosts images may come from: the source's host and `allowed_image_hosts`."""
-    hosts = set(config.allowed_image_hosts)
+def image_hosts(config: ClientConfig, client_id: str) -> frozenset[HostPort]:
+    """The hosts images may come from, each with the port it names: the source's host (and
+    the port its base_url names) and `allowed_image_hosts`."""
+    hosts = {split_host_port(entry) for entry in config.allowed_image_hosts}
     if config.source is not None:
-        hosts.add((URL(config.source.base_url).host or "").lower())
+        source = URL(config.source.base_url)
+        hosts.add(((source.host or "").lower(), source.explicit_port))
     if not hosts:
         raise PermanentError(
             f"client '{client_id}' has no image hosts: add allowed_image_hosts or a "
@@ -100,7 +113,7 @@ def image_hosts(config: ClientConfig, client_id: str) -> frozenset[str]:
     return frozenset(hosts)
 
 
-def check_urls(urls: list[str], allowed: frozenset[str]) -> None:
+def check_urls(urls: list[str], allowed: frozenset[HostPort]) -> None:
     """PermanentError for the first URL that may not be fetched, before anything is fetched."""
     for url in urls:
         parsed = parse_url(url)
@@ -109,11 +122,16 @@ def check_urls(urls: list[str], allowed: frozenset[str]) -> None:
             raise PermanentError(f"image URL {display_url(parsed)} refused: {reason}")
 
 
-def fetcher(ctx: Context, client_id: str, allowed: frozenset[str]) -> Fetch:
-    """`download` bound to the client's hosts and the daemon's size limit and timeout."""
+@asynccontextmanager
+async def fetcher(ctx: Context, client_id: str, allowed: frozenset[HostPort]) -> AsyncIterator[
+        Fetch]:
+    """`download` bound to the client's hosts and the daemon's size limit and timeout, on a
+    session of its own that reaches public addresses only (`image_session`)."""
     headers = {"User-Agent": USER_AGENT, "X-S2S-Client": client_id}
-    return partial(download, ctx.http, allowed=allowed, max_bytes=ctx.settings.image_max_bytes,
-                   timeout=ctx.request_timeout, headers=headers)
+    async with image_session() as session:
+        yield partial(download, session, allowed=allowed,
+                      max_bytes=ctx.settings.image_max_bytes, timeout=ctx.request_timeout,
+                      headers=headers)
 
 
 async def sync_image(item: Item[SyncImagePayload], ctx: Context) -> None:
@@ -127,7 +145,8 @@ async def sync_image(item: Item[SyncImagePayload], ctx: Context) -> None:
     allowed = image_hosts(ctx.client(item.client_id), item.client_id)
     check_urls([p.url], allowed)
     entry = ImageEntry(p.sku, p.image_id, p.url, p.label, p.position, tuple(p.roles))
-    await api.put_image(entry, fetcher(ctx, item.client_id, allowed), message_id=item.message_id)
+    async with fetcher(ctx, item.client_id, allowed) as fetch:
+        await api.put_image(entry, fetch, message_id=item.message_id)
 
 
 async def fetch_images(item: Item[FetchImagesPayload], ctx: Context) -> None:
@@ -136,12 +155,12 @@ async def fetch_images(item: Item[FetchImagesPayload], ctx: Context) -> None:
     allowed = image_hosts(ctx.client(item.client_id), item.client_id)
     check_urls(p.urls, allowed)
     folder = image_folder(ctx.settings.image_dir, item.client_id, p.sku)
-    fetch = fetcher(ctx, item.client_id, allowed)
-    for url in p.urls:
-        image = await fetch(url)
-        path = await asyncio.to_thread(store, folder, image)
-        log.info("image.stored", client_id=item.client_id, message_id=item.message_id,
-                 sku=p.sku, url=image.url, path=str(path), bytes=len(image.data))
+    async with fetcher(ctx, item.client_id, allowed) as fetch:
+        for url in p.urls:
+            image = await fetch(url)
+            path = await asyncio.to_thread(store, folder, image)
+            log.info("image.stored", client_id=item.client_id, message_id=item.message_id,
+                     sku=p.sku, url=image.url, path=str(path), bytes=len(image.data))
 
 
 def folder_name(sku: str) -> str:

@@ -21,13 +21,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from daemon import mail, webhooks
 from daemon.clients import check_email
-from handlers.base import Context, Handler, Item
+from handlers.base import ONE_LINE, Context, Handler, Item
 from handlers.errors import PermanentError, TransientError
 
 log = structlog.get_logger()
 
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(check_email)]
-OneLine = Annotated[str, StringConstraints(min_length=1, max_length=998, pattern=r"^[^\r\n]*$")]
+Subject = Annotated[str, StringConstraints(min_length=1, max_length=998), ONE_LINE]
 
 
 class EmailPayload(BaseModel):
@@ -40,7 +40,7 @@ class EmailPayload(BaseModel):
     ]})
 
     to: Annotated[list[Email], Field(min_length=1, max_length=50)]
-    subject: OneLine = Field(description="one line, 1-998 characters")
+    subject: Subject
     text: Annotated[str, StringConstraints(min_length=1)]
     html: str | None = None
 

@@ -10,12 +10,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from handlers.base import Context, Handler, Item
+from handlers.base import Context, Handler, Item, one_line
 
 
 def _has_id(value: dict[str, Any]) -> dict[str, Any]:
-    if value.get("id") in (None, ""):
+    """An `id` is required; as text it is one line (it names the item in mails and pages)."""
+    given = value.get("id")
+    if given in (None, ""):
         raise ValueError("needs an 'id'")
+    if isinstance(given, str):
+        try:
+            one_line(given)
+        except ValueError as exc:
+            raise ValueError(f"its 'id' {exc}") from None
     return value
 
 

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationInfo, field_validator
 
-from handlers.base import Context, Handler, Item
+from handlers.base import ONE_LINE, Context, Handler, Item
 
-Sku = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=255), ONE_LINE]
 Target = Literal["channel", "catalog"]
 
 

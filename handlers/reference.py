@@ -92,6 +92,8 @@ def type_name(prop: dict[str, Any]) -> str:
 
 def _limits(prop: dict[str, Any]) -> str:
     found = [_range(prop.get(low), prop.get(high), unit) for low, high, unit in _RANGES]
+    if prop.get("x-one-line"):
+        found.append("one line (no control characters)")
     if "pattern" in prop:
         found.append("matches `{}`".format(prop["pattern"].replace("|", "\\|")))
     for inner in prop.get("anyOf", []):

@@ -1,12 +1,23 @@
 """Downloading images: only from a client's allowed hosts, only images, never too big.
 
     refusal(url, allowed)   pure: why a URL may not be fetched, or None
+    address_kind(address)   pure: why an address is not public (loopback, private...), or None
     sniff(head)             pure: (MIME type, extension) from the first bytes, or None
+    image_session()         the session downloads use: public addresses only, no cookies
     download(...)           the I/O: GET, each redirect checked again, the body read with a cap
 
 Where an image may come from is the client's setting, never the payload's
 (SPEC §7): the host of its `[clients.<id>.source]` base_url and its
-`allowed_image_hosts`.  Redirects are followed by hand, at most
+`allowed_image_hosts`, on ports 80 and 443 unless an entry names another
+(`cdn.acme.example:8080`).  A host *name* must resolve to public addresses
+only: loopback, private, link-local (cloud metadata), multicast, reserved and
+unspecified addresses are refused after resolving, by the session's resolver,
+so the check and the connection use one answer and a name that resolves
+elsewhere a moment later (DNS rebinding) cannot slip between them.  Such an
+address is reached only when the URL's host is the address itself and an
+entry names it (`10.0.0.5`, `127.0.0.1:8080`): aiohttp does not resolve an
+address, and the client's settings name it explicitly.
+Redirects are followed by hand, at most
 `MAX_REDIRECTS`, and each hop must be on an allowed host too, so a CDN's
 `http → https` hop works while a redirect to anywhere else is refused.
 No token is sent: image hosts are public (a CDN), and a token must never
@@ -22,14 +33,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import Collection, Mapping
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 import PIL
 import PIL.Image
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from daemon.clients import host_entry
 from handlers.connectors.http import (
     classify_status,
     display_url,
@@ -39,7 +56,13 @@ from handlers.connectors.http import (
 )
 from handlers.errors import PermanentError
 
+HostPort = tuple[str, int | None]
+"""An allowed host and the port its entry names (None: only 80 and 443)."""
+
 MAX_REDIRECTS = 5
+PORTS = (80, 443)
+"""The ports an allowed host may be fetched on without naming the port."""
+_METADATA = (ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"))
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
 _KINDS = "a PNG, JPEG, GIF or WebP image"
@@ -70,18 +93,89 @@ def sniff(head: bytes) -> tuple[str, str] | None:
     return None
 
 
-def refusal(url: URL, allowed: Collection[str]) -> str | None:
-    """Why `url` may not be fetched (scheme, credentials, host not allowed), or None."""
+def refusal(url: URL, allowed: Collection[HostPort]) -> str | None:
+    """Why `url` may not be fetched (scheme, credentials, host or port not allowed), or None."""
     if url.scheme not in ("http", "https") or not url.host:
         return "not an http:// or https:// URL with a host"
     if url.user is not None or url.password is not None:
         return "a URL with credentials is not allowed"
     host = url.host.lower().rstrip(".")
-    if host not in allowed:
-        hosts = ", ".join(sorted(allowed))
+    ports = {port for name, port in allowed if name == host}
+    if not ports:
+        hosts = ", ".join(sorted(host_entry(name, port) for name, port in allowed))
         return (f"host '{host}' is neither the client's source host nor in its "
                 f"allowed_image_hosts ({hosts})")
+    if url.port not in PORTS and url.port not in ports:
+        return (f"port {url.port} is not allowed: only 80 and 443, unless "
+                f"allowed_image_hosts names '{host_entry(host, url.port)}'")
     return None
+
+
+def address_kind(address: str) -> str | None:
+    """Why `address` is not a public address an image may come from, or None (pure).
+
+    An IPv4 address inside an IPv6 one (`::ffff:127.0.0.1`, 6to4) is judged as
+    itself; a zone (`fe80::1%eth0`) is ignored.
+    """
+    ip = ipaddress.ip_address(address.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or ip.sixtofour
+        if inner is not None:
+            return address_kind(str(inner))
+    if ip in _METADATA:
+        return "cloud metadata"
+    for kind, found in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                        ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                        ("reserved", ip.is_reserved), ("private", ip.is_private),
+                        ("non-public", not ip.is_global)):
+        if found:
+            return kind
+    return None
+
+
+class AddressRefused(Exception):
+    """Raised by `PublicResolver` when a name resolves to an address that is not public."""
+
+
+class PublicResolver(AbstractResolver):
+    """Resolves like aiohttp's default resolver, then refuses the whole answer when any
+    address in it is not public (`address_kind`).
+
+    The connector connects only to the addresses this returns, so what was
+    checked is what is connected to. Not an OSError: aiohttp would turn that
+    into a connection error, which is retried; this is permanent.
+    """
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        for answer in answers:
+            kind = address_kind(answer["host"])
+            if kind is not None:
+                raise AddressRefused(
+                    f"host '{host.rstrip('.')}' resolves to {answer['host']}, a {kind} address "
+                    "(only an allowed_image_hosts entry that is the address itself allows one)")
+        return answers
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@asynccontextmanager
+async def image_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The session `download` needs: names resolve to public addresses only
+    (`PublicResolver`), no cookies, no proxy from the environment."""
+    resolver = PublicResolver()
+    connector = aiohttp.TCPConnector(resolver=resolver)
+    try:
+        async with aiohttp.ClientSession(connector=connector,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:
+            yield session
+    finally:
+        await resolver.close()  # a resolver passed in is not closed by its connector
 
 
 def parse_url(text: str) -> URL:
@@ -96,15 +190,15 @@ async def download(
     session: aiohttp.ClientSession,
     url: str,
     *,
-    allowed: Collection[str],
+    allowed: Collection[HostPort],
     max_bytes: int,
     timeout: aiohttp.ClientTimeout,
     headers: Mapping[str, str],
 ) -> Image:
-    """Fetch one image.
+    """Fetch one image on a session from `image_session()`.
 
     Raises:
-        PermanentError: refused URL or redirect, 4xx, not an image, over `max_bytes`.
+        PermanentError: refused URL, address or redirect, 4xx, not an image, over `max_bytes`.
         TransientError: timeout, connection error, HTTP 408/429/5xx.
     """
     target = parse_url(url)
@@ -112,17 +206,20 @@ async def download(
     if reason:
         raise PermanentError(f"image URL {display_url(target)} refused: {reason}")
     for _ in range(MAX_REDIRECTS + 1):
-        with transport_errors("GET", target, timeout):
-            async with session.get(target, headers=headers, timeout=timeout,
-                                   allow_redirects=False) as resp:
-                if resp.status not in _REDIRECTS:
-                    return await _read_image(resp, target, max_bytes)
-                target = _next_hop(target, resp.headers.get("Location"), allowed)
+        try:
+            with transport_errors("GET", target, timeout):
+                async with session.get(target, headers=headers, timeout=timeout,
+                                       allow_redirects=False) as resp:
+                    if resp.status not in _REDIRECTS:
+                        return await _read_image(resp, target, max_bytes)
+                    target = _next_hop(target, resp.headers.get("Location"), allowed)
+        except AddressRefused as exc:
+            raise PermanentError(f"image URL {display_url(target)} refused: {exc}") from None
     raise PermanentError(f"image URL {display_url(parse_url(url))} redirects more than "
                          f"{MAX_REDIRECTS} times")
 
 
-def _next_hop(current: URL, location: str | None, allowed: Collection[str]) -> URL:
+def _next_hop(current: URL, location: str | None, allowed: Collection[HostPort]) -> URL:
     if not location:
         raise PermanentError(f"image URL {display_url(current)} redirects without a Location")
     hop = current.join(parse_url(location))

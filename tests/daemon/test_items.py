@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -318,3 +319,66 @@ def test_parse_item_uses_the_registry_it_is_given():
     body = b'{"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7}'
     assert isinstance(parse(type_="wide", body=body, handlers=only), Parsed)
     assert error_of(handlers=only) == "unknown type 'system.noop'; known types: wide"
+
+
+ONE_LINE = "must be one line of text: U+000D is not allowed"
+
+
+@pytest.mark.parametrize(
+    ("type_", "payload", "where"),
+    [
+        ("product.sync", {"sku": "EVIL\r\nBcc: someone@example.com", "product": {}}, "sku"),
+        ("product.delete", {"sku": "A\r1"}, "sku"),
+        ("image.sync", {"sku": "A\r1", "image_id": "front", "action": "delete"}, "sku"),
+        ("image.sync", {"sku": "A-1", "image_id": "front", "action": "upsert",
+                        "url": "https://cdn.example/a.png", "label": "Front\r"}, "label"),
+        ("image.sync", {"sku": "A-1", "image_id": "front", "action": "upsert",
+                        "url": "https://cdn.example/a.png", "roles": ["image\r"]}, "roles.0"),
+        ("image.sync", {"sku": "A-1", "image_id": "front", "action": "upsert",
+                        "url": "https://cdn.example/a\r.png"}, "url"),
+        ("image.fetch", {"sku": "A\r1", "urls": ["https://cdn.example/a.png"]}, "sku"),
+        ("image.fetch", {"sku": "A-1", "urls": ["https://cdn.example/a\r.png"]}, "urls.0"),
+        ("order.add_to_source", {"order": {"id": "SO-1\r"}}, "order"),
+        ("fulfillment.add", {"fulfillment": {"id": "F-1\r"}}, "fulfillment"),
+        ("notification.email", {"to": ["a@b.example"], "subject": "Hi\r", "text": "x"},
+         "subject"),
+    ],
+)
+def test_a_one_line_field_with_a_control_character_is_bad_input_naming_the_field(
+    type_, payload, where
+):
+    """SKUs, ids, labels, URLs and subjects end up in paths, file names and mail headers: a
+    line break (or any C0/C1 control) there is refused before the handler runs."""
+    error = error_of(type_=type_, body=orjson.dumps(payload))
+    if where in ("order", "fulfillment"):
+        assert error == (f"payload is not valid for {type_}: {where}: its 'id' {ONE_LINE}")
+    else:
+        assert error == f"payload is not valid for {type_}: {where}: {ONE_LINE}"
+
+
+@pytest.mark.parametrize("char", ["\n", "\x00", "\x1b", "\x7f", "\x85", "\u2028"])
+def test_every_control_character_and_line_separator_is_refused_in_a_sku(char):
+    """Not only CR and LF: NUL, ESC, DEL, C1 controls and Unicode line separators too."""
+    body = orjson.dumps({"sku": f"A{char}1", "product": {}})
+    error = error_of(type_="product.sync", body=body)
+    assert error == (
+        f"payload is not valid for product.sync: sku: must be one line of text: "
+        f"U+{ord(char):04X} is not allowed"
+    )
+
+
+def test_a_message_id_with_a_line_break_is_bad_input():
+    """The message id is an identifier shown in mails, commands and pages: one line only."""
+    assert error_of(message_id="m-1\r\nBcc: x@example.com") == (
+        "message_id must be one line of text: U+000D is not allowed"
+    )
+
+
+@pytest.mark.parametrize("address", ["a\x00@b.example", "a@b.example\r\nBcc: x@y.example"])
+def test_an_email_address_with_a_control_character_is_bad_input(address):
+    """Recipients go into the To header: NUL or a line break there is refused like a space."""
+    body = orjson.dumps({"to": [address], "subject": "Hi", "text": "x"})
+    assert error_of(type_="notification.email", body=body) == (
+        "payload is not valid for notification.email: to.0: each entry must be an email "
+        "address like ops@acme.example"
+    )

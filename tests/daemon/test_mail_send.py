@@ -65,3 +65,20 @@ async def test_smtp_down_is_a_transient_error_naming_the_server_not_the_password
     assert caught.value.permanent is False
     assert f"SMTP server 127.0.0.1:{port}" in str(caught.value)
     assert PASSWORD not in str(caught.value)
+
+
+async def test_a_subject_with_a_line_break_is_sent_as_one_line_without_the_added_header():
+    """Whatever reaches a header is made one line: the mail is built and sent, and the text
+    after the line break stays in the subject instead of becoming a Bcc header."""
+    evil = mail.Mail(("ops@acme.example",), (), "Parked: SKU EVIL\r\nBcc: someone@example.com",
+                     "text body", "", "parked:acme:m2:t")
+    sink = MailSink()
+    sink.start()
+    try:
+        await mail.send(evil, settings(sink.port))
+    finally:
+        sink.stop()
+    [got] = sink.mails
+    assert got.subject == "Parked: SKU EVIL Bcc: someone@example.com"
+    assert got.message["Bcc"] is None
+    assert got.rcpt == ["ops@acme.example"]

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.sinks import HOOK_SECRET, HookSink, MailSink
 from tests.support import (
@@ -215,3 +216,67 @@ async def test_a_refused_smtp_login_keeps_the_mail_waiting_instead_of_dropping_i
             assert ("s2s", "a-wrong-one") in smtp.logins
     finally:
         smtp.stop()
+
+
+async def test_a_sku_with_a_line_break_parks_naming_the_field_and_the_park_mail_arrives(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
+):
+    """`EVIL\\r\\nBcc: ...` is refused at the edge; the park mail is still built and sent, with
+    a one-line subject and no Bcc header (before, it was retried every second for ever)."""
+    sku = "EVIL\r\nBcc: someone@example.com"
+    async with running(_settings(prefix, tmp_path, shop, smtp, hooks)):
+        await amqp.publish("acme", sku, message_id="m-evil")
+        [parked] = await amqp.wait_event("client.parked", "acme")
+        await wait_until(lambda: len(smtp.mails) == 1, 20, "the park mail")
+    assert parked["error"] == (
+        "payload is not valid for product.sync: sku: must be one line of text: U+000D is not "
+        "allowed"
+    )
+    assert shop.seen == []
+    [mail] = smtp.mails
+    # Python folds this long subject right after "Subject:"; unfolded, it starts with a space.
+    assert mail.subject.lstrip() == (
+        "[s2s-queue] acme Ltd: queue stopped at SKU EVIL Bcc: someone@example.com"
+    )
+    assert mail.message["Bcc"] is None
+    assert sorted(mail.rcpt) == ["admin@s2s.example", "ops@acme.example"]
+
+
+@pytest.mark.parametrize(
+    ("step", "job", "error"),
+    [
+        ("decide", {"job": "parked", "id": ["not", "an", "id"], "client_id": "acme",
+                    "message_id": "m-broken", "type": "product.sync", "queue": "blocking"},
+         "TypeError: unhashable type: 'list'"),
+        ("send", {"channel": "email", "id": "broken:email", "client_id": "acme",
+                  "about": "m-broken", "type": "product.sync", "queue": "blocking",
+                  "mail": {"to": ["ops@acme.example"]}, "created": 0, "attempt": 0},
+         "KeyError: 'cc'"),
+    ],
+)
+async def test_a_notification_that_cannot_be_built_is_reported_once_instead_of_looping(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink,
+    step, job, error
+):
+    """A job that crashes its step is tried five times, then given up: one error log line,
+    one notification.failed event, one count in /metrics, and nothing left in the queues
+    (before, it was put back and crashed every second for ever)."""
+    port = free_port()
+    queue = None if step == "decide" else amqp.topo.notify_send
+    with capture_logs() as logs:
+        async with running(_settings(prefix, tmp_path, shop, smtp, hooks, http_port=port)):
+            await amqp.queue_job(job, queue)
+            [event] = await amqp.wait_event("notification.failed", "acme", timeout=20)
+            await stays(lambda: len(amqp.named("notification.failed")) == 1, 1.5,
+                        "a second notification.failed")
+            metrics = await scrape_metrics(port)
+    assert {k: event[k] for k in ("message_id", "type", "queue", "step", "attempts", "error")} == {
+        "message_id": "m-broken", "type": "product.sync", "queue": "blocking", "step": step,
+        "attempts": 5, "error": error}
+    assert metrics[f's2s_notification_failures_total{{step="{step}"}}'] == 1
+    assert metrics["s2s_notification_backlog"] == 0
+    failed = [e for e in logs if e["event"] == "notify.failed"]
+    assert [(e["log_level"], e["client_id"], e["message_id"]) for e in failed] == [
+        ("error", "acme", "m-broken")]
+    assert len([e for e in logs if e["event"] == "notify.crashed"]) == 5
+    assert smtp.mails == []

@@ -18,13 +18,19 @@ from tests.support import Broker, running, settings_for, wait_until
 pytestmark = pytest.mark.timeout(90)
 
 
-def settings(prefix, tmp_path, magento: FakeMagento, hooks: HookSink, smtp: MailSink):
+def settings(prefix, tmp_path, magento: FakeMagento, hooks: HookSink, smtp: MailSink,
+             images: ImageHost | None = None):
+    """m2 allows the loopback image host by its address and port; named, by its name."""
+    image_host = images.url.removeprefix("http://") if images else "127.0.0.1"
     path = tmp_path / "clients.toml"
     path.write_text(f"""
+[clients.named]
+allowed_image_hosts = ["{image_host.replace("127.0.0.1", "localhost")}"]
+
 [clients.m2]
 webhook_url = "{hooks.url}/m2"
 webhook_secret = "{HOOK_SECRET}"
-allowed_image_hosts = ["127.0.0.1"]
+allowed_image_hosts = ["{image_host}"]
 
 [clients.m2.channel]
 kind = "magento2"
@@ -46,7 +52,7 @@ async def test_every_type_runs_through_the_daemon(prefix, tmp_path, amqp: Broker
                                                  images: ImageHost, hooks: HookSink, smtp):
     """Products and images on Magento, images on disk, a mail and a signed webhook."""
     url = f"{images.url}/chair.png"
-    async with running(settings(prefix, tmp_path, magento, hooks, smtp)):
+    async with running(settings(prefix, tmp_path, magento, hooks, smtp, images)):
         await amqp.publish("m2", "S-1", payload={"sku": "S-1", "product": {"name": "Stool"}})
         await amqp.publish("m2", "I-1", type_="image.sync", payload={
             "sku": "S-1", "image_id": "main", "action": "upsert", "url": url})
@@ -77,14 +83,31 @@ async def test_a_forbidden_image_host_parks_the_client_saying_why(
     prefix, tmp_path, amqp: Broker, magento, images: ImageHost, hooks: HookSink, smtp
 ):
     """A permanent handler error parks at once with the exact error; nothing is fetched."""
-    async with running(settings(prefix, tmp_path, magento, hooks, smtp)):
+    async with running(settings(prefix, tmp_path, magento, hooks, smtp, images)):
         await amqp.publish("m2", "F-2", type_="image.fetch", payload={
             "sku": "S-1", "urls": [f"{images.forbidden_url}/chair.png"]})
         [parked] = await amqp.wait_event("client.parked", "m2")
     assert parked["error"] == (
         f"image URL {images.forbidden_url}/chair.png refused: host 'localhost' is neither the "
-        "client's source host nor in its allowed_image_hosts (127.0.0.1)"
+        f"client's source host nor in its allowed_image_hosts ({images.url.removeprefix('http://')})"
     )
+    assert images.hits == []
+
+
+async def test_an_allowed_name_that_resolves_to_loopback_parks_the_client_saying_why(
+    prefix, tmp_path, amqp: Broker, magento, images: ImageHost, hooks: HookSink, smtp
+):
+    """`localhost:<port>` is allowed by name, but resolves to a loopback address: refused for
+    good (parked), and the image host never sees a request."""
+    url = f"{images.forbidden_url}/chair.png"
+    async with running(settings(prefix, tmp_path, magento, hooks, smtp, images)):
+        await amqp.publish("named", "F-3", type_="image.fetch",
+                           payload={"sku": "S-1", "urls": [url]})
+        [parked] = await amqp.wait_event("client.parked", "named")
+    assert parked["error"] in {
+        f"image URL {url} refused: host 'localhost' resolves to {address}, a loopback address "
+        "(only an allowed_image_hosts entry that is the address itself allows one)"
+        for address in ("127.0.0.1", "::1")}
     assert images.hits == []
 
 

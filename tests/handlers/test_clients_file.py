@@ -171,6 +171,7 @@ def test_an_unknown_top_level_key_is_an_error(tmp_path):
         ('base_url = "shop.example/api"', "must be an http:// or https:// URL with a host"),
         (f'base_url = "https://u:{SECRET}@shop.example"', "must not contain credentials"),
         ('base_url = "https://shop.example/api?key=1"', "must not have a query string"),
+        ('base_url = "https://shop.example:99999"', "has a port outside 1-65535"),
         ('base_url = "https://shop.example"\nkind = "shopify"', "Input should be 'http' or"),
         ('base_url = "https://shop.example"\ntimeout = 0', "greater than 0"),
         ('kind = "http"', "clients.acme.channel.base_url: required"),
@@ -205,6 +206,47 @@ def test_a_webhook_url_without_a_secret_is_refused(tmp_path):
     message = load_error(tmp_path, '[clients.acme]\nwebhook_url = "https://h.example/s2s"\n')
     assert message.endswith(
         "clients.acme: webhook_url needs webhook_secret: webhooks are always signed"
+    )
+
+
+def test_a_webhook_url_with_credentials_is_refused_without_showing_them(tmp_path):
+    """`https://user:secret@host/...` is refused naming the client and the field, not the secret:
+    the password would be quoted in every error, event, log line and mail about the webhook."""
+    text = (f'[clients.acme]\nwebhook_url = "https://hooks:{SECRET}@h.example/s2s"\n'
+            f'webhook_secret = "other"\n')
+    message = load_error(tmp_path, text)
+    assert message.endswith(
+        "clients.acme.webhook_url: must not contain credentials: webhooks are signed with "
+        "webhook_secret"
+    )
+    assert SECRET not in message
+    assert "hooks:" not in message
+
+
+def test_a_client_name_must_be_one_line(tmp_path):
+    """The name goes into mail subjects: a line break there would add a header."""
+    message = load_error(tmp_path, '[clients.acme]\nname = "Acme\\r\\nBcc: x@y.example"\n')
+    assert message.endswith("clients.acme.name: must be one line of printable text")
+
+
+def test_allowed_image_hosts_take_names_addresses_and_ports(tmp_path):
+    """`host`, `host:port`, an IPv4 or IPv6 address (with a port in brackets), normalised."""
+    text = ('[clients.acme]\nallowed_image_hosts = ["CDN.acme.example", "cdn.acme.example:8443", '
+            '"10.0.0.5", "::1", "[::1]:8080"]\n')
+    clients = load_clients_file(write(tmp_path, text))
+    assert clients["acme"].allowed_image_hosts == [
+        "cdn.acme.example", "cdn.acme.example:8443", "10.0.0.5", "[::1]", "[::1]:8080"]
+
+
+@pytest.mark.parametrize(
+    "entry", ["https://cdn.acme.example", "cdn.acme.example/img", "cdn:0", "cdn:http",
+              "[::1]8080", "", "user@cdn.acme.example"],
+)
+def test_an_allowed_image_host_that_is_not_a_host_is_refused(tmp_path, entry):
+    message = load_error(tmp_path, f'[clients.acme]\nallowed_image_hosts = ["{entry}"]\n')
+    assert message.endswith(
+        "clients.acme.allowed_image_hosts: each entry must be a host name like "
+        "cdn.acme.example, or host:port, not a URL"
     )
 
 

@@ -9,11 +9,12 @@ import aiohttp
 import orjson
 import pytest
 from pydantic import ValidationError
+from yarl import URL
 
 from daemon.clients import ClientConfig
 from daemon.items import describe_payload_error
 from daemon.settings import Settings
-from handlers.connectors.images import sniff, verify
+from handlers.connectors.images import address_kind, sniff, verify
 from handlers.context import HandlerContext
 from handlers.errors import PermanentError, TransientError
 from handlers.images import (
@@ -37,15 +38,28 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
+def port_of(images: ImageHost) -> int:
+    """The image host's port: an unusual one, so clients name it with the loopback address."""
+    port = URL(images.url).port
+    assert port is not None
+    return port
+
+
 @pytest.fixture
-def ctx(channel: FakeChannel, images: ImageHost, session: aiohttp.ClientSession, root: Path):
+def ctx(channel: FakeChannel, images: ImageHost, session: aiohttp.ClientSession, root: Path,
+        closed_port: int):
+    port = port_of(images)
     clients = {
         "acme": ClientConfig.model_validate({
-            "allowed_image_hosts": ["127.0.0.1"],
+            "allowed_image_hosts": [f"127.0.0.1:{port}"],  # the address itself: allowed
             "channel": {"base_url": f"{channel.url}/api"},
         }),
         "erp": ClientConfig.model_validate({"source": {"base_url": f"{images.url}/erp"}}),
         "bare": ClientConfig.model_validate({"channel": {"base_url": channel.url}}),
+        "named": ClientConfig.model_validate({  # a name resolving to loopback: refused
+            "allowed_image_hosts": [f"localhost:{port}", f"127.0.0.1:{port}"]}),
+        "portless": ClientConfig.model_validate({"allowed_image_hosts": ["127.0.0.1"]}),
+        "down": ClientConfig.model_validate({"allowed_image_hosts": [f"127.0.0.1:{closed_port}"]}),
     }
     settings = Settings(image_dir=root, image_max_bytes=LIMIT, _env_file=None)
     return HandlerContext(lambda: clients, session, default_timeout=5.0, settings=settings)
@@ -88,7 +102,7 @@ async def test_a_host_not_allowed_is_refused_before_anything_is_fetched(images, 
         await fetch(ctx, f"{images.url}/chair.png", f"{images.forbidden_url}/chair.png")
     assert str(info.value) == (
         f"image URL {images.forbidden_url}/chair.png refused: host 'localhost' {NOT_ALLOWED} "
-        "(127.0.0.1)"
+        f"(127.0.0.1:{port_of(images)})"
     )
     assert images.hits == []
     assert stored(root) == []
@@ -100,9 +114,72 @@ async def test_a_redirect_to_a_forbidden_host_is_refused(images: ImageHost, ctx,
         await fetch(ctx, f"{images.url}/away.png")
     assert str(info.value) == (
         f"image URL {images.url}/away.png redirects to {images.forbidden_url}/chair.png, "
-        f"refused: host 'localhost' {NOT_ALLOWED} (127.0.0.1)"
+        f"refused: host 'localhost' {NOT_ALLOWED} (127.0.0.1:{port_of(images)})"
     )
     assert images.hits == ["away.png"]
+
+
+def loopback_refusal(url: str) -> set[str]:
+    """The error for `localhost`, which resolves to 127.0.0.1 or ::1 first, by the system."""
+    return {f"image URL {url} refused: host 'localhost' resolves to {address}, a loopback "
+            "address (only an allowed_image_hosts entry that is the address itself allows one)"
+            for address in ("127.0.0.1", "::1")}
+
+
+async def test_a_name_that_resolves_to_loopback_is_refused_though_it_is_allowed(
+    images: ImageHost, ctx, root
+):
+    """The name is allowed, but its address is checked after resolving: a name is never
+    trusted to mean an internal address; only the address itself, named, is."""
+    url = f"{images.forbidden_url}/chair.png"
+    with pytest.raises(PermanentError) as info:
+        await fetch(ctx, url, client="named")
+    assert str(info.value) in loopback_refusal(url)
+    assert images.hits == []
+    assert stored(root) == []
+    await fetch(ctx, f"{images.url}/chair.png", client="named")  # the address, named: fetched
+    assert images.hits == ["chair.png"]
+
+
+async def test_a_redirect_to_a_name_that_resolves_to_loopback_is_refused(images, ctx):
+    """A hop is resolved and checked like the first URL; it is never requested."""
+    with pytest.raises(PermanentError) as info:
+        await fetch(ctx, f"{images.url}/away.png", client="named")
+    assert str(info.value) in loopback_refusal(f"{images.forbidden_url}/chair.png")
+    assert images.hits == ["away.png"]
+
+
+async def test_a_port_other_than_80_or_443_is_refused_unless_the_entry_names_it(images, ctx):
+    """`127.0.0.1` allows that address on 80 and 443 only; `127.0.0.1:8080` names a port."""
+    port = port_of(images)
+    with pytest.raises(PermanentError) as info:
+        await fetch(ctx, f"{images.url}/chair.png", client="portless")
+    assert str(info.value) == (
+        f"image URL {images.url}/chair.png refused: port {port} is not allowed: only 80 and "
+        f"443, unless allowed_image_hosts names '127.0.0.1:{port}'"
+    )
+    assert images.hits == []
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"), ("2002:7f00:1::", "loopback"),
+        ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.1.1", "private"),
+        ("fd12:3456::1", "private"), ("::ffff:10.0.0.1", "private"),
+        ("169.254.169.254", "cloud metadata"), ("fd00:ec2::254", "cloud metadata"),
+        ("169.254.10.20", "link-local"), ("fe80::1%eth0", "link-local"),
+        ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+        ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
+        ("240.0.0.1", "reserved"), ("100.64.0.1", "non-public"),
+        ("93.184.215.14", None), ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", None),
+    ],
+)
+def test_only_public_addresses_may_serve_images(address, kind):
+    """Loopback, private, link-local (and the cloud metadata address), multicast, reserved and
+    other non-public addresses, IPv4 inside IPv6 included, are named as such."""
+    assert address_kind(address) == kind
 
 
 async def test_a_redirect_loop_ends_after_five_hops(images: ImageHost, ctx):
@@ -194,7 +271,7 @@ async def test_a_busy_image_host_is_transient(images: ImageHost, ctx):
 async def test_an_unreachable_image_host_is_transient(ctx, closed_port):
     """Connection refused is retried later."""
     with pytest.raises(TransientError) as info:
-        await fetch(ctx, f"http://127.0.0.1:{closed_port}/chair.png")
+        await fetch(ctx, f"http://127.0.0.1:{closed_port}/chair.png", client="down")
     assert str(info.value) == (
         f"GET http://127.0.0.1:{closed_port}/chair.png failed: connection refused"
     )
@@ -209,7 +286,7 @@ async def test_a_missing_image_is_permanent(images: ImageHost, ctx):
 
 @pytest.mark.parametrize(
     "sku", ["..", ".", "../../etc", "a/../../b", "/abs/path", "..\\..\\win", ".hidden",
-            "x" * 255, "nul\x00byte", "ü/..%2F"],
+            "x" * 255, "ü/..%2F"],
 )
 async def test_no_sku_stores_outside_its_clients_folder(images, ctx, root, sku):
     """Whatever the SKU says, the file lands in one folder right under `<image_dir>/acme`."""
@@ -222,7 +299,8 @@ async def test_no_sku_stores_outside_its_clients_folder(images, ctx, root, sku):
 
 @pytest.mark.parametrize(
     ("sku", "name"),
-    [("ABC-1", "ABC-1"), ("a/b", "a%2Fb"), ("..", "%2E."), (".x", "%2Ex"), ("a b", "a%20b")],
+    [("ABC-1", "ABC-1"), ("a/b", "a%2Fb"), ("..", "%2E."), (".x", "%2Ex"), ("a b", "a%20b"),
+     ("nul\x00byte", "nul%00byte")],
 )
 def test_a_sku_becomes_one_escaped_folder_name(sku, name):
     """Slashes, spaces and leading dots are escaped; plain SKUs stay readable."""

@@ -12,24 +12,32 @@ from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError
 from handlers.images import SyncImagePayload, sync_image
 from handlers.products import DeletePayload, SyncPayload, delete_product, sync_product
-from tests.peers import MAGENTO_TOKEN, FakeMagento, png
+from tests.peers import MAGENTO_TOKEN, FakeMagento, ImageHost, png
 
 from .conftest import make_item
 
 CHAIR = {"name": "Chair", "price": 49.0, "attribute_set_id": 4, "type_id": "simple"}
 
 
-def magento_client(magento: FakeMagento, token: str = MAGENTO_TOKEN) -> ClientConfig:
+def magento_client(magento: FakeMagento, image_host: str,
+                   token: str = MAGENTO_TOKEN) -> ClientConfig:
     return ClientConfig.model_validate({
-        "allowed_image_hosts": ["127.0.0.1"],
+        "allowed_image_hosts": [image_host],
         "channel": {"kind": "magento2", "base_url": magento.url, "token": token},
         "catalog": {"kind": "magento2", "base_url": magento.url, "token": token},
     })
 
 
 @pytest.fixture
-def ctx(magento: FakeMagento, session: aiohttp.ClientSession) -> HandlerContext:
-    clients = {"acme": magento_client(magento), "wrong": magento_client(magento, "nope")}
+def image_host(images: ImageHost) -> str:
+    """The loopback image host as an allowed_image_hosts entry: the address and its port."""
+    return images.url.removeprefix("http://")
+
+
+@pytest.fixture
+def ctx(magento: FakeMagento, image_host: str, session: aiohttp.ClientSession) -> HandlerContext:
+    clients = {"acme": magento_client(magento, image_host),
+               "wrong": magento_client(magento, image_host, "nope")}
     return HandlerContext(lambda: clients, session, default_timeout=5.0)
 
 
@@ -171,13 +179,15 @@ async def test_image_upsert_for_a_missing_product_is_permanent(magento, images, 
     )
 
 
-async def test_image_upsert_from_a_forbidden_host_never_reaches_magento(magento, images, ctx):
+async def test_image_upsert_from_a_forbidden_host_never_reaches_magento(
+    magento, images, image_host, ctx
+):
     """The host check comes first: nothing is downloaded or sent."""
     with pytest.raises(PermanentError) as info:
         await image(ctx, url=f"{images.forbidden_url}/chair.png")
     assert str(info.value) == (
         f"image URL {images.forbidden_url}/chair.png refused: host 'localhost' is neither the "
-        "client's source host nor in its allowed_image_hosts (127.0.0.1)"
+        f"client's source host nor in its allowed_image_hosts ({image_host})"
     )
     assert magento.requests == []
     assert images.hits == []

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from daemon import webhooks
 from daemon.clients import ClientConfig
 from daemon.settings import Settings
 from handlers.context import HandlerContext
@@ -206,6 +207,32 @@ async def test_a_refusing_webhook_receiver_is_permanent(hooks: HookSink, session
         assert str(info.value) == f"webhook {origin} answered HTTP {status}: ok"
         assert SECRET not in str(info.value)
     assert len(hooks.hooks) == 2
+
+
+@pytest.mark.parametrize("where", ["failing", "closed", "invalid"])
+async def test_a_webhook_error_never_shows_credentials_path_or_query(
+    hooks: HookSink, session, closed_port, where
+):
+    """Whatever the URL holds besides scheme, host and port stays out of the error, even when
+    the receiver fails, nobody listens or aiohttp refuses the URL (the clients file refuses
+    credentials; this is the second line)."""
+    hooks.status = 500
+    origin = hooks.url.rsplit("/", 1)[0]
+    port = {"failing": origin.rsplit(":", 1)[1], "closed": str(closed_port),
+            "invalid": "99999"}[where]
+    url = f"http://hooks:{SECRET}@127.0.0.1:{port}/hooks/acme?token={SECRET}"
+    with pytest.raises(webhooks.WebhookError) as info:
+        await webhooks.post(session, url, "signing-key", b"{}", 5)
+    expected = {
+        "failing": f"webhook http://127.0.0.1:{port} answered HTTP 500: ok",
+        "closed": f"webhook http://127.0.0.1:{port}: ClientConnectorError: Cannot connect to "
+                  f"host 127.0.0.1:{port} ssl:default [Connect call failed "
+                  f"('127.0.0.1', {port})]",
+        "invalid": "webhook http://127.0.0.1: not a valid URL",
+    }[where]
+    assert str(info.value) == expected
+    assert SECRET not in str(info.value)
+    assert info.value.permanent is (where == "invalid")
 
 
 async def test_a_client_without_a_webhook_url_fails_naming_the_settings(session):
