@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 import orjson
@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from daemon.clients import CLIENT_ID_RE
 from daemon.http import outcomes
 from daemon.http.auth import Identity, authenticate
 from daemon.http.sessions import (
@@ -48,6 +49,18 @@ _env = jinja2.Environment(
 )
 _env.filters["pretty"] = lambda value: orjson.dumps(
     value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def segment(value: object) -> str:
+    """An id as one URL path segment or query value: every reserved character escaped.
+
+    Ids come from outside (a routing key, a header); unescaped, `../clients/acme/pause?`
+    would make a form post somewhere else with the admin's CSRF token.
+    """
+    return quote(str(value), safe="")
+
+
+_env.filters["segment"] = segment
 
 STATES = ("running", "parked", "paused")
 Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
@@ -121,7 +134,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     credential = credential_of(identity, sup.settings.admin_token, sup.clients)
     assert credential is not None
     log.info("console.login", actor=identity.name)
-    home = "/clients" if identity.is_admin else f"/clients/{identity.client_id}"
+    home = "/clients" if identity.is_admin else f"/clients/{segment(identity.client_id)}"
     response = _redirect(home)
     _cookie(request, response, SESSION_COOKIE, issue(signer, identity, credential),
             SESSION_SECONDS)
@@ -216,7 +229,8 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 def _visible(identity: Identity, client_id: str) -> str:
-    if not identity.may_see(client_id):
+    """The client id of a URL, if this identity may see it; a malformed id is not found."""
+    if not CLIENT_ID_RE.fullmatch(client_id) or not identity.may_see(client_id):
         raise UnknownClient(f"client {client_id!r} is not registered")
     return client_id
 
@@ -252,10 +266,10 @@ async def client_action(request: web.Request, session: Session) -> web.StreamRes
         raise web.HTTPNotFound
     form = await request.post()
     args = _args(form)
-    back = f"/clients/{client_id}"
+    back = f"/clients/{segment(client_id)}"
     if action in ("retry", "skip") and form.get("confirm") != "yes":
         return _view(request, session, "confirm.html.j2", action=action, back=back,
-                     target=f"/clients/{client_id}/{action}", client_id=client_id,
+                     target=f"{back}/{action}", client_id=client_id,
                      message_ids=[args["message_id"]] if args["message_id"] else [],
                      reason=args["reason"] or "")
     try:
@@ -338,7 +352,9 @@ async def unrouted_page(request: web.Request, session: Session) -> web.StreamRes
     for item in items:
         groups.setdefault(str(item["client_id"]), []).append(item)
     registered = set(sup.consumers)
-    return _view(request, session, "unrouted.html.j2", groups=groups, registered=registered)
+    valid = {c for c in groups if CLIENT_ID_RE.fullmatch(c)}
+    return _view(request, session, "unrouted.html.j2", groups=groups, registered=registered,
+                 valid=valid)
 
 
 @page
