@@ -1,7 +1,8 @@
 """The web console: server-rendered pages over the same operations as the API.
 
 Log in with a token (the admin token or a client's console token) and get a
-session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS). Every form
+session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS or when the
+console's public address, `S2SQ_CONSOLE_URL`, is https). Every form
 carries a CSRF token. Actions that change items (retry, skip, bulk) ask for
 a confirmation page first; every action ends on the page it came from with
 its outcome in plain words (post/redirect/get with a signed flash cookie).
@@ -101,8 +102,9 @@ def _redirect(to: str) -> web.Response:
 
 def _cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
             max_age: int | None = None) -> None:
+    secure = request.secure or _sup(request).settings.secure_cookies  # TLS ends at a proxy
     response.set_cookie(name, value, max_age=max_age, path="/", httponly=True,
-                        samesite="Strict", secure=request.secure)
+                        samesite="Strict", secure=secure)
 
 
 # -- login and logout ---------------------------------------------------------------
