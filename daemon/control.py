@@ -168,7 +168,7 @@ class Control:
         if action == "status":
             return await ops.status(client_id)
         if action == "list_unrouted":  # an addition to SPEC section 5, for `unrouted list`
-            return {"items": await ops.unrouted()}
+            return await ops.unrouted()
         needs_client: dict[str, Action] = {
             "retry": ops.retry, "skip": ops.skip, "pause": ops.pause, "resume": ops.resume,
             "register": ops.register, "replay_unrouted": ops.replay_unrouted,

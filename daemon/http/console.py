@@ -349,14 +349,15 @@ async def _each_failed(request: web.Request, identity: Identity, action: str, id
 @page
 async def unrouted_page(request: web.Request, session: Session) -> web.StreamResponse:
     sup = _sup(request)
-    items = [i for i in await sup.ops.unrouted() if session.identity.may_see(i["client_id"])]
+    listing = await sup.ops.unrouted(session.identity.client_id)
     groups: dict[str, list[dict[str, Any]]] = {}
-    for item in items:
+    for item in listing["items"]:
         groups.setdefault(str(item["client_id"]), []).append(item)
     registered = set(sup.consumers)
     valid = {c for c in groups if CLIENT_ID_RE.fullmatch(c)}
     return _view(request, session, "unrouted.html.j2", groups=groups, registered=registered,
-                 valid=valid)
+                 valid=valid, shown=len(listing["items"]), more=listing["more"],
+                 total=listing["total"])
 
 
 @page

@@ -301,3 +301,25 @@ async def test_an_unrouted_routing_key_that_is_not_a_client_id_offers_no_action(
     assert crafted.status == 404
     assert "acme" not in paused
     assert amqp.named("client.paused") == []
+
+
+async def test_the_unrouted_page_shows_the_oldest_hundred_and_replay_moves_them_all(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """Issue 12, hole 11: the page reads no more than it shows, says so, and replaying
+    the client still moves every one of its items in order."""
+    base = _base(console_settings)
+    ids = [f"N{n:03d}" for n in range(101)]
+    async with running(console_settings):
+        for message_id in ids:
+            await amqp.publish("newco", type_="system.noop", payload={}, message_id=message_id)
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/unrouted")
+        await expect(page.get_by_text("Showing the oldest 100 of 101 unrouted items")
+                     ).to_be_visible()
+        await expect(page.get_by_role("heading", name="newco (100 items)")).to_be_visible()
+        await page.get_by_role("button", name="Register newco and replay").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Replayed 101 items to newco, in their original order.")
+        await amqp.wait_event("item.succeeded", "newco", count=101)
+    assert [e["message_id"] for e in amqp.named("item.succeeded", "newco")] == ids
