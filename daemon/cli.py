@@ -2,6 +2,7 @@
 
 Exit codes: 0 done; 1 refused by the daemon (or a retry that failed again);
 2 bad usage or settings; 3 no daemon answered; 4 broker unreachable.
+Every failure is one line on stderr, never a traceback (SPEC section 8).
 """
 
 from __future__ import annotations
@@ -9,12 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import re
+import shlex
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aio_pika
+import aiormq
 import orjson
 from pydantic import ValidationError
 
@@ -104,55 +111,118 @@ def control_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _payload(args: argparse.Namespace) -> Any:
-    text = args.file.read_text() if args.file else args.payload
+    try:
+        text = args.file.read_text() if args.file else args.payload
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise CliError(f"cannot read the payload file {args.file}: {why}", 2) from None
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise CliError(f"payload is not valid JSON: {exc}", 2) from None
 
 
-async def _connect(settings: Settings) -> aio_pika.abc.AbstractRobustConnection:
+BROKER_ERRORS = (OSError, TimeoutError, aiormq.exceptions.AMQPError)
+"""What talking to the broker raises (AMQPConnectionError is also an OSError)."""
+_NOT_FOUND = re.compile(r"NOT_FOUND - (.*?) in vhost")
+
+
+def _broker_failure(exc: BaseException, settings: Settings) -> CliError:
+    """One line for a broker error: names the prefix or the broker, never the password."""
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        found = _NOT_FOUND.search(str(exc))
+        what = found.group(1) if found else str(exc)
+        message = (f"no daemon with prefix {settings.prefix!r} has run on this broker ({what});"
+                   " is --config or S2SQ_PREFIX missing?")
+        code = 3
+    elif isinstance(exc, aiormq.exceptions.AMQPChannelError):
+        message, code = f"the broker refused: {exc}", 4
+    else:
+        message, code = f"broker unreachable at {_where(settings)}: {_reason(exc)}", 4
+    password = urlsplit(settings.amqp_url.get_secret_value()).password
+    return CliError(message.replace(password, "***") if password else message, code)
+
+
+def _where(settings: Settings) -> str:
+    """host:port of the broker URL (no user, no password)."""
     try:
-        return await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(),
-            client_properties={"connection_name": "s2s-queue cli"}, fail_fast=True,
-        )
-    except (OSError, aio_pika.exceptions.AMQPError) as exc:
-        raise CliError(f"broker unreachable: {type(exc).__name__}: {exc}", 4) from None
+        url = urlsplit(settings.amqp_url.get_secret_value())
+        port = url.port or (5671 if url.scheme == "amqps" else 5672)
+    except ValueError:
+        return "the configured URL (S2SQ_AMQP_URL is malformed)"
+    return f"{url.hostname}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return "the broker refused the login (wrong user name or password?)"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the host name ({cause.strerror})"
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiormq.exceptions.ProtocolSyntaxError):
+        return ("the broker closed the connection while opening it (does the virtual host "
+                "exist, and may this user use it?)")
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return type(exc).__name__
+
+
+async def _connect(settings: Settings) -> aio_pika.abc.AbstractRobustConnection:
+    return await aio_pika.connect_robust(
+        settings.amqp_url.get_secret_value(),
+        client_properties={"connection_name": "s2s-queue cli"}, fail_fast=True, timeout=15,
+    )
 
 
 async def _command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.producer import NoAnswer, Producer, send_control
-
-    topo = settings.topology()
-    connection = await _connect(settings)
-    async with connection:
-        if args.command == "publish":
-            producer = Producer(connection, topo)
-            queue: Literal["blocking", "nonblocking"] = (
-                "nonblocking" if args.nonblocking else "blocking")
-            mid = await producer.publish(args.client, args.type, _payload(args),
-                                         message_id=args.message_id, queue=queue)
-            print(json.dumps({"ok": True, "message_id": mid, "client_id": args.client}))
-            return 0
-        if args.command == "clients" and args.clients_command == "add":
-            return await _register(connection, topo, args.client)
-        if args.command == "demo":
-            return await _demo(producer=Producer(connection, topo), connection=connection,
-                               topo=topo)
-        request = {k: v for k, v in control_request(args).items() if v is not None}
-        request["actor"] = "cli"
-        timeout = 10.0 + (settings.handler_timeout if request["action"] == "retry" else 0)
-        try:
-            answer = await send_control(connection, topo, request, timeout)
-        except NoAnswer as exc:
-            raise CliError(str(exc), 3) from None
+    payload = _payload(args) if args.command == "publish" else None  # bad usage first
+    try:
+        answer = await _talk(settings, args, payload)
+    except BROKER_ERRORS as exc:
+        raise _broker_failure(exc, settings) from None
+    if answer is None:
+        return 0
     print(json.dumps(answer, indent=2, ensure_ascii=False))
     if not answer.get("ok"):
         raise CliError(str(answer.get("error", "refused")), 1)
     if answer.get("outcome") == "failed":
         raise CliError(f"retry failed again: {answer.get('error')}", 1)
     return 0
+
+
+async def _talk(settings: Settings, args: argparse.Namespace,
+                payload: Any) -> dict[str, Any] | None:
+    """Do the command over one connection: the daemon's answer, or None (printed already)."""
+    from daemon.producer import NoAnswer, Producer, send_control
+
+    topo = settings.topology()
+    async with await _connect(settings) as connection:
+        if args.command == "publish":
+            queue: Literal["blocking", "nonblocking"] = (
+                "nonblocking" if args.nonblocking else "blocking")
+            mid = await Producer(connection, topo).publish(
+                args.client, args.type, payload, message_id=args.message_id, queue=queue)
+            print(json.dumps({"ok": True, "message_id": mid, "client_id": args.client}))
+            return None
+        if args.command == "clients" and args.clients_command == "add":
+            await _register(connection, topo, args.client)
+            return None
+        if args.command == "demo":
+            await _demo(producer=Producer(connection, topo), connection=connection, topo=topo,
+                        config=getattr(args, "config", None))
+            return None
+        request = {k: v for k, v in control_request(args).items() if v is not None}
+        request["actor"] = "cli"
+        timeout = 10.0 + (settings.handler_timeout if request["action"] == "retry" else 0)
+        try:
+            return await send_control(connection, topo, request, timeout)
+        except NoAnswer:
+            raise CliError(f"no daemon with prefix {settings.prefix!r} answered within "
+                           f"{timeout:g} s", 3) from None
 
 
 async def _register(
@@ -171,15 +241,16 @@ async def _register(
     return 0
 
 
-async def _demo(*, producer: Any, connection: Any, topo: Topology) -> int:
+async def _demo(*, producer: Any, connection: Any, topo: Topology, config: Path | None) -> int:
     await _register(connection, topo, "demo")
     ids = [await producer.publish("demo", "system.noop", {}) for _ in range(3)]
     ids.append(await producer.publish("demo", "system.noop", {"fail": "permanent"}))
     ids.append(await producer.publish("demo", "system.noop", {}))
+    cli = "s2s-queue" if config is None else f"s2s-queue --config {shlex.quote(str(config))}"
     print("published to client 'demo':", ", ".join(ids))
     print("the 4th fails permanently, so 'demo' parks on it; then try:")
-    print("  s2s-queue status demo")
-    print(f"  s2s-queue skip demo --message-id {ids[3]} --reason 'demo'")
+    print(f"  {cli} status demo")
+    print(f"  {cli} skip demo --message-id {ids[3]} --reason 'demo'")
     return 0
 
 
@@ -195,11 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     if args.command == "run":
         return _run(settings)
+    for name in ("aiormq", "aio_pika"):  # their errors become our one line, not a second
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return asyncio.run(_command(settings, args))
     except CliError as exc:
         print(f"s2s-queue: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:
+        print("s2s-queue: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(settings: Settings) -> int:
@@ -217,7 +293,7 @@ def _run(settings: Settings) -> int:
         print(f"s2s-queue: the broker refused: {exc}", file=sys.stderr)
         return 4
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
-        print(f"s2s-queue: broker unreachable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"s2s-queue: {_broker_failure(exc, settings)}", file=sys.stderr)
         return 4
     return 0
 

@@ -5,6 +5,12 @@ receives every control message. Each is acted on through `Operations` and,
 when `reply_to` and `correlation_id` are set, answered with
 `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The actor is the
 broker-validated `user_id` property when set, else the `actor` field.
+
+The answer is published with the daemon's permissions, so `reply_to` must
+name a queue the caller made for it: a server-named queue (`amq.gen-...`,
+which only the broker can name) or direct reply-to (`amq.rabbitmq.reply-to`).
+Any other `reply_to` (the state snapshot pointer, a client's queue) is a
+hostile or broken caller: the message is refused unread and logged.
 """
 
 from __future__ import annotations
@@ -20,11 +26,24 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from daemon.leader import Leadership
 from daemon.operations import OperationError, Operations
+from daemon.producer import DIRECT_REPLY_TO
 from daemon.topology import Topology
 
 log = structlog.get_logger()
 
 Action = Callable[..., Awaitable[dict[str, Any]]]
+SERVER_NAMED = "amq.gen-"
+
+
+def reply_to_allowed(reply_to: str | None) -> bool:
+    """Pure: whether the daemon may publish an answer to `reply_to` (None: no answer wanted).
+
+    Names under `amq.` cannot be declared by clients, so `amq.gen-...` is always
+    a queue the broker named for its declarer; the broker gives direct
+    reply-to's requester the form `amq.rabbitmq.reply-to.<token>`.
+    """
+    return (not reply_to or reply_to.startswith(SERVER_NAMED)
+            or reply_to == DIRECT_REPLY_TO or reply_to.startswith(DIRECT_REPLY_TO + "."))
 
 
 def parse_control(body: bytes, user_id: str | None) -> tuple[str, dict[str, Any]]:
@@ -95,6 +114,9 @@ class Control:
         # two replicas that both act on it (two leaders for a moment) do one thing.
         op = message.correlation_id or message.message_id
         try:
+            if not reply_to_allowed(message.reply_to):
+                _log_refused_reply_to(message)
+                return
             answer = await self.handle(message.body, message.user_id, op)
             if answer is not None:
                 await self._reply(message, answer)
@@ -146,7 +168,7 @@ class Control:
         if action == "status":
             return await ops.status(client_id)
         if action == "list_unrouted":  # an addition to SPEC section 5, for `unrouted list`
-            return {"items": await ops.unrouted()}
+            return await ops.unrouted()
         needs_client: dict[str, Action] = {
             "retry": ops.retry, "skip": ops.skip, "pause": ops.pause, "resume": ops.resume,
             "register": ops.register, "replay_unrouted": ops.replay_unrouted,
@@ -178,3 +200,14 @@ class Control:
             )
         except Exception:
             log.warning("control.reply_failed", exc_info=True)
+
+
+def _log_refused_reply_to(message: AbstractIncomingMessage) -> None:
+    """One warning naming who asked for what, and where the answer was to go."""
+    try:
+        action, args = parse_control(message.body, message.user_id)
+        actor: str = args["actor"]
+    except OperationError:
+        action, actor = "?", message.user_id or "unknown"
+    log.warning("control.reply_to_refused", action=action[:40], actor=actor[:100],
+                reply_to=str(message.reply_to)[:255])

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-MAX_UNROUTED_LISTED = 10_000
+# A queue is read from its head only, and every get carries a whole body, so a
+# listing of unrouted items stops at whichever comes first of: the items it
+# answers, UNROUTED_SCAN_ITEMS messages read (one client's among others'), or
+# UNROUTED_SCAN_BYTES of bodies read (the read that crosses it is the last).
+UNROUTED_LIMIT = 100
+UNROUTED_MAX_LIMIT = 1000
+UNROUTED_SCAN_ITEMS = 10_000
+UNROUTED_SCAN_BYTES = 16 * 1024 * 1024
 __all__ = ["OperationError", "Operations", "UnknownClient", "UnknownItem"]
 
 
@@ -213,17 +220,40 @@ class Operations:
 
     # -- unrouted --------------------------------------------------------------
 
-    async def unrouted(self) -> list[dict[str, Any]]:
-        """Blocking items published for clients that were not registered, oldest first."""
-        async with self._unrouted_lock, self._sup.browse_unrouted() as messages:
-            return [_describe_unrouted(m) for m in messages[:MAX_UNROUTED_LISTED]]
+    async def unrouted(self, client_id: str | None = None,
+                       limit: int = UNROUTED_LIMIT) -> dict[str, Any]:
+        """The oldest blocking items published for unregistered clients (one client's, given
+        `client_id`): `{"items", "more", "total"}`, bounded as UNROUTED_* say.
+
+        `more` is true when the listing stopped before the end of the queue; `total` is
+        the queue's depth, None for one client's listing (the others are not its business).
+        """
+        items: list[dict[str, Any]] = []
+        read = read_bytes = 0
+        async with self._unrouted_lock, self._sup.browse_unrouted() as queue:
+            depth = queue.declaration_result.message_count or 0
+            while (len(items) < limit and read < UNROUTED_SCAN_ITEMS
+                   and read_bytes < UNROUTED_SCAN_BYTES):
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    depth = read
+                    break
+                read, read_bytes = read + 1, read_bytes + len(message.body)
+                if client_id is None or _unrouted_client(message) == client_id:
+                    items.append(_describe_unrouted(message))
+        return {"items": items, "more": read < depth,
+                "total": depth if client_id is None else None}
 
     async def replay_unrouted(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
-        """Append the client's unrouted items to the tail of its queue, in original order."""
+        """Append the client's unrouted items to the tail of its queue, in original order.
+
+        Read one at a time: another client's item is left unacked (it goes back in
+        place when the browse ends) and not kept in memory.
+        """
         self._consumer(client_id)
         replayed = 0
-        async with self._unrouted_lock, self._sup.browse_unrouted() as messages:
-            for message in messages:
+        async with self._unrouted_lock, self._sup.browse_unrouted() as queue:
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
                 if _unrouted_client(message) != client_id:
                     continue
                 await self._sup.rt.publish_confirmed(

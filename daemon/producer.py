@@ -18,6 +18,9 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from daemon.topology import Topology
 
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+"""RabbitMQ's pseudo-queue for answers: consume it (no ack) and publish on one channel."""
+
 
 def item_message(
     client_id: str, type_: str, payload: Any, *, message_id: str | None = None
@@ -77,9 +80,14 @@ async def send_control(
     request: dict[str, Any],
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """Publish one control message and return the first answer."""
+    """Publish one control message and return the first answer.
+
+    The answer comes by direct reply-to: the daemon answers only there or to a
+    server-named queue (daemon/control.py), and aio-pika names the queues it
+    declares itself (`amq_<uuid>`), so a declared reply queue would not do.
+    """
     async with connection.channel() as channel:
-        replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         correlation_id = uuid.uuid4().hex
 
@@ -91,7 +99,7 @@ async def send_control(
         control = await channel.get_exchange(topo.control, ensure=False)
         await control.publish(
             aio_pika.Message(orjson.dumps(request), content_type="application/json",
-                             correlation_id=correlation_id, reply_to=replies.name),
+                             correlation_id=correlation_id, reply_to=DIRECT_REPLY_TO),
             routing_key="",
         )
         try:

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(15.0, gt=0)
     # Public address of the web console, for the links in notification emails.
     # Unset: http://<http_host>:<http_port> (fine for a single local daemon).
+    # https:// also marks the console's cookies Secure: behind a TLS proxy the
+    # daemon itself only ever sees plain HTTP.
     console_url: str | None = None
     # Notifications (daemon/outbox.py). A retry that fails again within the quiet
     # period sends no second mail; non-blocking failures of one client within the
@@ -146,6 +148,11 @@ class Settings(BaseSettings):
     def console_base(self) -> str:
         """Where the console is reached, without a trailing slash."""
         return self.console_url or f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether console cookies carry `Secure`: the console's public address is https."""
+        return self.console_base.startswith("https://")
 
     @property
     def admin_email_list(self) -> tuple[str, ...]:

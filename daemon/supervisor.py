@@ -22,7 +22,7 @@ import aio_pika
 import aiohttp
 import aiormq
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from daemon import systemd
 from daemon.blocking import BlockingConsumer
@@ -349,8 +349,9 @@ class Supervisor:
         return {names[name]: depth for name, depth in found.items()}
 
     @asynccontextmanager
-    async def browse_unrouted(self) -> AsyncIterator[list[AbstractIncomingMessage]]:
-        """Every unrouted item, held unacked; what is not acked goes back in place on exit.
+    async def browse_unrouted(self) -> AsyncIterator[AbstractQueue]:
+        """The unrouted queue on a channel of its own, to read from the head with unacked
+        gets (its depth in `declaration_result`); what is not acked goes back in place on exit.
 
         One browse at a time across replicas: a listing on one replica while
         another replays would split the replay's order. The lock is an
@@ -361,11 +362,7 @@ class Supervisor:
         async with self._unrouted_lock():
             channel = await self._connection.channel(publisher_confirms=False)
             try:
-                queue = await channel.declare_queue(self.topo.unrouted, passive=True)
-                messages: list[AbstractIncomingMessage] = []
-                while (message := await queue.get(no_ack=False, fail=False)) is not None:
-                    messages.append(message)
-                yield messages
+                yield await channel.declare_queue(self.topo.unrouted, passive=True)
             finally:
                 await channel.close()
 

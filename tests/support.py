@@ -24,7 +24,7 @@ import orjson
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
-from daemon.producer import Producer, item_message, send_control
+from daemon.producer import DIRECT_REPLY_TO, Producer, item_message, send_control
 from daemon.settings import Settings
 from daemon.state import StateLog
 from daemon.supervisor import Supervisor
@@ -237,7 +237,7 @@ class Broker:
         request.setdefault("actor", "tester")
         answers: list[dict[str, Any]] = []
         async with self.connection.channel() as channel:
-            replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
 
             async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
                 answers.append(orjson.loads(message.body))
@@ -246,7 +246,7 @@ class Broker:
             control = await channel.get_exchange(self.topo.control, ensure=False)
             await control.publish(
                 aio_pika.Message(orjson.dumps(request), correlation_id=uuid.uuid4().hex,
-                                 reply_to=replies.name), routing_key="")
+                                 reply_to=DIRECT_REPLY_TO), routing_key="")
             await wait_until(lambda: bool(answers), 30, f"an answer to {request}")
             await asyncio.sleep(wait)
         return answers

@@ -15,7 +15,13 @@ from aiohttp import web
 
 from daemon.depths import DepthCache
 from daemon.http.auth import Identity, authenticate, bearer_token
-from daemon.operations import OperationError, UnknownClient, UnknownItem
+from daemon.operations import (
+    UNROUTED_LIMIT,
+    UNROUTED_MAX_LIMIT,
+    OperationError,
+    UnknownClient,
+    UnknownItem,
+)
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -194,9 +200,21 @@ async def failed_action(request: web.Request) -> web.Response:
 
 
 async def list_unrouted(request: web.Request) -> web.Response:
+    """The oldest unrouted items, at most `?limit=` (default 100, up to 1000), and `more`."""
     identity = _identity(request)
-    items = await _sup(request).ops.unrouted()
-    return json_response({"items": [i for i in items if identity.may_see(i["client_id"])]})
+    limit = unrouted_limit(request.query.get("limit"))
+    if limit is None:
+        return error(400, f"limit must be a whole number from 1 to {UNROUTED_MAX_LIMIT}")
+    return json_response(await _sup(request).ops.unrouted(identity.client_id, limit))
+
+
+def unrouted_limit(text: str | None) -> int | None:
+    """Pure: `?limit=` as a number of items, or None if it is not one we serve."""
+    if text is None:
+        return UNROUTED_LIMIT
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= UNROUTED_MAX_LIMIT:
+        return None
+    return int(text)
 
 
 async def replay_unrouted(request: web.Request) -> web.Response:

@@ -1,7 +1,8 @@
 """The web console: server-rendered pages over the same operations as the API.
 
 Log in with a token (the admin token or a client's console token) and get a
-session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS). Every form
+session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS or when the
+console's public address, `S2SQ_CONSOLE_URL`, is https). Every form
 carries a CSRF token. Actions that change items (retry, skip, bulk) ask for
 a confirmation page first; every action ends on the page it came from with
 its outcome in plain words (post/redirect/get with a signed flash cookie).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 import orjson
@@ -22,6 +23,7 @@ import structlog
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from daemon.clients import CLIENT_ID_RE
 from daemon.http import outcomes
 from daemon.http.auth import Identity, authenticate
 from daemon.http.sessions import (
@@ -48,6 +50,18 @@ _env = jinja2.Environment(
 )
 _env.filters["pretty"] = lambda value: orjson.dumps(
     value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def segment(value: object) -> str:
+    """An id as one URL path segment or query value: every reserved character escaped.
+
+    Ids come from outside (a routing key, a header); unescaped, `../clients/acme/pause?`
+    would make a form post somewhere else with the admin's CSRF token.
+    """
+    return quote(str(value), safe="")
+
+
+_env.filters["segment"] = segment
 
 STATES = ("running", "parked", "paused")
 Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
@@ -88,8 +102,9 @@ def _redirect(to: str) -> web.Response:
 
 def _cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
             max_age: int | None = None) -> None:
+    secure = request.secure or _sup(request).settings.secure_cookies  # TLS ends at a proxy
     response.set_cookie(name, value, max_age=max_age, path="/", httponly=True,
-                        samesite="Strict", secure=request.secure)
+                        samesite="Strict", secure=secure)
 
 
 # -- login and logout ---------------------------------------------------------------
@@ -121,7 +136,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     credential = credential_of(identity, sup.settings.admin_token, sup.clients)
     assert credential is not None
     log.info("console.login", actor=identity.name)
-    home = "/clients" if identity.is_admin else f"/clients/{identity.client_id}"
+    home = "/clients" if identity.is_admin else f"/clients/{segment(identity.client_id)}"
     response = _redirect(home)
     _cookie(request, response, SESSION_COOKIE, issue(signer, identity, credential),
             SESSION_SECONDS)
@@ -216,7 +231,8 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 def _visible(identity: Identity, client_id: str) -> str:
-    if not identity.may_see(client_id):
+    """The client id of a URL, if this identity may see it; a malformed id is not found."""
+    if not CLIENT_ID_RE.fullmatch(client_id) or not identity.may_see(client_id):
         raise UnknownClient(f"client {client_id!r} is not registered")
     return client_id
 
@@ -252,10 +268,10 @@ async def client_action(request: web.Request, session: Session) -> web.StreamRes
         raise web.HTTPNotFound
     form = await request.post()
     args = _args(form)
-    back = f"/clients/{client_id}"
+    back = f"/clients/{segment(client_id)}"
     if action in ("retry", "skip") and form.get("confirm") != "yes":
         return _view(request, session, "confirm.html.j2", action=action, back=back,
-                     target=f"/clients/{client_id}/{action}", client_id=client_id,
+                     target=f"{back}/{action}", client_id=client_id,
                      message_ids=[args["message_id"]] if args["message_id"] else [],
                      reason=args["reason"] or "")
     try:
@@ -333,12 +349,15 @@ async def _each_failed(request: web.Request, identity: Identity, action: str, id
 @page
 async def unrouted_page(request: web.Request, session: Session) -> web.StreamResponse:
     sup = _sup(request)
-    items = [i for i in await sup.ops.unrouted() if session.identity.may_see(i["client_id"])]
+    listing = await sup.ops.unrouted(session.identity.client_id)
     groups: dict[str, list[dict[str, Any]]] = {}
-    for item in items:
+    for item in listing["items"]:
         groups.setdefault(str(item["client_id"]), []).append(item)
     registered = set(sup.consumers)
-    return _view(request, session, "unrouted.html.j2", groups=groups, registered=registered)
+    valid = {c for c in groups if CLIENT_ID_RE.fullmatch(c)}
+    return _view(request, session, "unrouted.html.j2", groups=groups, registered=registered,
+                 valid=valid, shown=len(listing["items"]), more=listing["more"],
+                 total=listing["total"])
 
 
 @page

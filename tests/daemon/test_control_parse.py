@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.control import parse_control
+from daemon.control import parse_control, reply_to_allowed
 from daemon.operations import OperationError
 
 
@@ -91,3 +91,26 @@ def test_any_action_name_parses_and_is_judged_by_dispatch(action):
     """parse_control checks the shape only; whether the action exists is dispatch's call."""
     body = f'{{"action": "{action}"}}'.encode()
     assert parse_control(body, "admin") == (action, {"actor": "admin"})
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "allowed"),
+    [
+        pytest.param(None, True, id="no-answer-wanted"),
+        pytest.param("", True, id="empty"),
+        pytest.param("amq.gen-JzTY20BRgKO-HjmUJj0wLg", True, id="server-named"),
+        pytest.param("amq.rabbitmq.reply-to", True, id="direct-reply-to"),
+        pytest.param("amq.rabbitmq.reply-to.g1h2AA5yZXBseUAyNjU2NTIyNQAAAUcAAAAAZRA=", True,
+                     id="direct-reply-to-as-delivered"),
+        pytest.param("s2s.state.snapshot", False, id="snapshot-pointer"),
+        pytest.param("s2s.blocking.acme", False, id="client-queue"),
+        pytest.param("s2s.notify.send", False, id="notifications"),
+        pytest.param("amq.rabbitmq.reply-tox", False, id="reply-to-lookalike"),
+        pytest.param("amq.gen", False, id="gen-without-dash"),
+        pytest.param("my.replies", False, id="named-by-the-caller"),
+    ],
+)
+def test_answers_go_only_to_server_named_queues_or_direct_reply_to(reply_to, allowed):
+    """Issue 12, hole 3: a reply_to naming an internal queue would be written with the
+    daemon's permissions; only queues the broker named for the caller are answered."""
+    assert reply_to_allowed(reply_to) is allowed

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
+from daemon.operations import UNROUTED_SCAN_BYTES
 from tests.proxy import broker_proxy
 from tests.support import (
     Broker,
@@ -203,6 +205,50 @@ async def test_unrouted_items_are_listed_and_replayed_over_http(
         await amqp.wait_event("item.succeeded", "initech", 2)
     assert listed == (200, {"items": [
         {"message_id": "I1", "client_id": "initech", "type": "system.noop"},
-        {"message_id": "I2", "client_id": "initech", "type": "system.noop"}]})
+        {"message_id": "I2", "client_id": "initech", "type": "system.noop"}],
+        "more": False, "total": 2})
     assert replayed == (200, {"ok": True, "client_id": "initech", "replayed": 2})
     assert [e["message_id"] for e in amqp.named("item.succeeded", "initech")] == ["I1", "I2"]
+
+
+async def test_a_long_unrouted_queue_is_listed_a_page_at_a_time_and_replayed_whole(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Issue 12, hole 11: 300 unrouted items of 100 KB. A listing reads only the items it
+    answers (the rest are never handed to the daemon: not redelivered), at most `?limit=`
+    and at most UNROUTED_SCAN_BYTES of bodies, and says there are more; replay moves all
+    300, in order."""
+    skus = [f"B{n:03d}" for n in range(300)]
+    description = "x" * 100_000
+    for sku in skus:  # no daemon yet, no queue for bigco: they all land in unrouted
+        await amqp.publish("bigco", sku, payload={"sku": sku,
+                                                  "product": {"description": description}})
+    body_size = len(orjson.dumps({"sku": "B000", "product": {"description": description}}))
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, ["bigco"]))
+    settings = settings_for(prefix, tmp_path, clients_file=path, http_port=free_port())
+    async with running(settings):
+        base = f"http://127.0.0.1:{settings.http_port}"
+        first = await _call(base, "GET", "/api/v1/unrouted", ADMIN)
+        read = [m.redelivered for m in await amqp.queue_messages(amqp.topo.unrouted)]
+        five = await _call(base, "GET", "/api/v1/unrouted?limit=5", ADMIN)
+        most = await _call(base, "GET", "/api/v1/unrouted?limit=1000", ADMIN)
+        refused = [await _call(base, "GET", f"/api/v1/unrouted?limit={bad}", ADMIN)
+                   for bad in ("0", "1001", "ten")]
+        replayed = await _call(base, "POST", "/api/v1/unrouted/bigco/replay", ADMIN)
+        await wait_until(lambda: len(shop.skus("bigco")) >= 300, 60, "the 300 replayed items")
+        after = await _call(base, "GET", "/api/v1/unrouted", ADMIN)
+    assert first[0] == 200
+    assert [i["message_id"] for i in first[1]["items"]] == skus[:100]
+    assert (first[1]["more"], first[1]["total"]) == (True, 300)
+    assert read == [True] * 100 + [False] * 200
+    assert [i["message_id"] for i in five[1]["items"]] == skus[:5]
+    assert five[1]["more"] is True
+    cap = -(-UNROUTED_SCAN_BYTES // body_size)  # the read that crosses the cap is the last
+    assert [i["message_id"] for i in most[1]["items"]] == skus[:cap]
+    assert most[1]["more"] is True
+    assert refused == [(400, {"ok": False, "error": "limit must be a whole number from 1 to 1000"})
+                       ] * 3
+    assert replayed == (200, {"ok": True, "client_id": "bigco", "replayed": 300})
+    assert shop.skus("bigco") == skus
+    assert after == (200, {"items": [], "more": False, "total": 0})

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -261,3 +262,64 @@ async def test_an_item_parked_without_a_message_id_is_skipped_from_the_console(
             "Skipped the item (it has no message id) (kept in the archive). acme runs again.")
         await wait_until(lambda: "AFTER" in shop.skus("acme"), 15, "the next item to run")
     assert parked["message_id"] is None
+
+
+async def test_an_unrouted_routing_key_that_is_not_a_client_id_offers_no_action(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """Issue 12, hole 4: a producer's routing key `../clients/acme/pause?` once became a
+    "Register … and replay" form posting to /clients/acme/pause with the admin's CSRF
+    token. It is shown as text, with no form; pressing every button offered pauses nothing."""
+    base = _base(console_settings)
+    async with running(console_settings) as sup:
+        await amqp.publish_raw(b"{}", "../clients/acme/pause?", content_type="application/json",
+                               type="system.noop", message_id="EVIL",
+                               headers={"client_id": "../clients/acme/pause?"})
+        await amqp.publish("newco", type_="system.noop", payload={}, message_id="N0")
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/unrouted")
+        await expect(page.get_by_role("heading", name="../clients/acme/pause? (1 item)")
+                     ).to_be_visible()
+        forms = page.locator("main form")
+        actions = [await forms.nth(n).evaluate("f => new URL(f.action).pathname")
+                   for n in range(await forms.count())]
+        assert actions == ["/unrouted/newco/replay"]
+        await expect(page.get_by_text("is not a valid client id")).to_be_visible()
+        buttons = page.locator("main form button")
+        labels = await buttons.all_inner_texts()
+        assert labels == ["Register newco and replay"]
+        for n in range(await buttons.count()):
+            await page.goto(base + "/unrouted")
+            await page.locator("main form button").nth(n).click()
+            await expect(page.get_by_role("status")).to_be_visible()
+        await amqp.wait_event("item.succeeded", "newco")
+        csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
+        crafted = await page.request.post(
+            f"{base}/unrouted/{quote('../clients/acme/pause?', safe='')}/replay",
+            form={"csrf": csrf or ""}, max_redirects=0)
+        paused = sup.state.view.paused
+    assert crafted.status == 404
+    assert "acme" not in paused
+    assert amqp.named("client.paused") == []
+
+
+async def test_the_unrouted_page_shows_the_oldest_hundred_and_replay_moves_them_all(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """Issue 12, hole 11: the page reads no more than it shows, says so, and replaying
+    the client still moves every one of its items in order."""
+    base = _base(console_settings)
+    ids = [f"N{n:03d}" for n in range(101)]
+    async with running(console_settings):
+        for message_id in ids:
+            await amqp.publish("newco", type_="system.noop", payload={}, message_id=message_id)
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/unrouted")
+        await expect(page.get_by_text("Showing the oldest 100 of 101 unrouted items")
+                     ).to_be_visible()
+        await expect(page.get_by_role("heading", name="newco (100 items)")).to_be_visible()
+        await page.get_by_role("button", name="Register newco and replay").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Replayed 101 items to newco, in their original order.")
+        await amqp.wait_event("item.succeeded", "newco", count=101)
+    assert [e["message_id"] for e in amqp.named("item.succeeded", "newco")] == ids
