@@ -21,6 +21,7 @@ from daemon.clients import InvalidClientId, validate_client_id
 from daemon.failed import FailedStore, UnknownItem
 from daemon.parking import OperationError, UnknownClient
 from daemon.records import Failed, Paused, Resumed
+from daemon.unrouted import unrouted_client
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -239,7 +240,7 @@ class Operations:
                     depth = read
                     break
                 read, read_bytes = read + 1, read_bytes + len(message.body)
-                if client_id is None or _unrouted_client(message) == client_id:
+                if client_id is None or unrouted_client(message) == client_id:
                     items.append(_describe_unrouted(message))
         return {"items": items, "more": read < depth,
                 "total": depth if client_id is None else None}
@@ -254,7 +255,7 @@ class Operations:
         replayed = 0
         async with self._unrouted_lock, self._sup.browse_unrouted() as queue:
             while (message := await queue.get(no_ack=False, fail=False)) is not None:
-                if _unrouted_client(message) != client_id:
+                if unrouted_client(message) != client_id:
                     continue
                 await self._sup.rt.publish_confirmed(
                     _republish(message), routing_key=client_id,
@@ -266,12 +267,8 @@ class Operations:
         return {"client_id": client_id, "replayed": replayed}
 
 
-def _unrouted_client(message: AbstractIncomingMessage) -> str:
-    return message.routing_key or str((message.headers or {}).get("client_id", ""))
-
-
 def _describe_unrouted(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return {"message_id": message.message_id, "client_id": _unrouted_client(message),
+    return {"message_id": message.message_id, "client_id": unrouted_client(message),
             "type": message.type}
 
 
