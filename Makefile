@@ -5,6 +5,7 @@
 #   make check   ruff and mypy only (no broker needed)
 #   make bench   the blocking- and non-blocking-queue benchmarks (+ Celery, Dramatiq)
 #   make model   check the park protocol's Promela models with SPIN (model/README.md)
+#   make fuzz    the fuzz campaign, long: 10,000 hostile items, 2,000 bad control messages
 #   make clean   remove the virtualenv and caches
 #
 # PYTEST_ARGS is passed to pytest, e.g. make test PYTEST_ARGS='-k parking -x'.
@@ -25,7 +26,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 CONFIG := examples/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: help venv broker browser run test check bench model clean
+.PHONY: help venv broker browser run test check bench model fuzz clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -78,6 +79,14 @@ bench: $(BENCH_STAMP) broker
 model:
 	scripts/ensure-spin.sh
 	model/run.sh
+
+# `make test` runs the same campaign with 1,000 items and 500 control messages.
+FUZZ_ITEMS ?= 10000
+FUZZ_CONTROL ?= 2000
+FUZZ_SEED ?= 20261129
+fuzz: venv broker
+	FUZZ_ITEMS=$(FUZZ_ITEMS) FUZZ_CONTROL=$(FUZZ_CONTROL) FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/pytest -q -s tests/e2e/test_fuzz_campaign.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
