@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,9 +26,16 @@ SIGNATURE_HEADER = "X-S2S-Signature"
 
 
 def body(event: str, client_id: str, message_id: str | None, data: dict[str, Any]) -> bytes:
-    """The raw webhook body (the bytes that are signed)."""
-    return orjson.dumps({"event": event, "client_id": client_id, "message_id": message_id,
-                         "data": data})
+    """The raw webhook body (the bytes that are signed).
+
+    JSON as it came: what orjson cannot write (an integer past 64 bits, a lone
+    surrogate in a producer's string) is written by the standard encoder, exactly.
+    """
+    value = {"event": event, "client_id": client_id, "message_id": message_id, "data": data}
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
 def sign(secret: str, raw: bytes) -> str:

@@ -190,6 +190,14 @@ def test_the_mime_message_has_both_parts_and_a_message_id_from_the_notification(
     assert msg["Message-ID"] == mail.message(rendered, "s2s@x.example")["Message-ID"]
 
 
+def test_a_webhook_body_carries_what_orjson_cannot_write_exactly():
+    """Found by the fuzz campaign: a notification.webhook whose data held an integer past
+    64 bits crashed its handler (orjson: "Integer exceeds 64-bit range")."""
+    raw = webhooks.body("e", "acme", "m1", {"n": 10**20, "s": "\ud800"})
+    assert raw == b'{"event":"e","client_id":"acme","message_id":"m1",' \
+                  b'"data":{"n":100000000000000000000,"s":"\\ud800"}}'
+
+
 def test_webhook_signature_is_hmac_sha256_of_the_raw_body():
     raw = webhooks.body("client.parked", "acme", "m1", {"error": "x"})
     assert raw == b'{"event":"client.parked","client_id":"acme","message_id":"m1",' \
