@@ -98,3 +98,20 @@ async def test_the_demo_prints_hints_that_work_as_printed(prefix, tmp_path, amqp
     assert (status_code, status_err) == (0, "")
     assert json.loads(status_out)["client"]["client_id"] == "demo"
     assert all(hint.startswith(f"s2s-queue --config {config} ") for hint in hints)
+
+
+async def test_output_to_a_reader_that_left_ends_quietly(prefix, tmp_path, amqp: Broker):
+    """`s2s-queue status | head -1`: the reader closes the pipe before the answer is
+    written. Exit 141 as for SIGPIPE, nothing on stderr (before: a BrokenPipeError
+    traceback)."""
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("S2SQ_")}
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    async with running(settings_for(prefix, tmp_path, http_port=0)):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon.cli", "status", cwd=ROOT,
+            env={**clean, "S2SQ_AMQP_URL": AMQP_URL, "S2SQ_PREFIX": prefix},
+            stdout=write, stderr=asyncio.subprocess.PIPE)
+        os.close(write)
+        _, err = await proc.communicate()
+    assert (proc.returncode, err.decode()) == (141, "")
