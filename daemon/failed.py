@@ -123,10 +123,9 @@ class FailedStore:
                     reason: str | None, op: str | None) -> dict[str, Any]:
         record = entry.record
         op = op or uuid.uuid4().hex
-        await self._state.append(Unfailed(message_id=address, fid=record.fid,
-                                          client_id=record.client_id, how=how, actor=actor,
-                                          reason=reason, op=op))
-        await self._state.sync()
+        await self._state.append_and_read(Unfailed(
+            message_id=address, fid=record.fid, client_id=record.client_id, how=how,
+            actor=actor, reason=reason, op=op))
         winner = self._state.view.ops.get(op)
         if winner is None:
             raise UnknownItem(f"no failed item with message_id {address!r}"

@@ -134,8 +134,7 @@ class Operations:
         Raises OperationError if another operation's record changed it first.
         """
         state = self._sup.state
-        await state.append(record)
-        await state.sync()
+        await state.append_and_read(record)
         winner = state.view.ops.get(record.op)
         if winner is None:
             what = "already paused" if isinstance(record, Paused) else "not paused"

@@ -95,12 +95,15 @@ async def declare_state_stream(connection: AbstractConnection, topo: Topology) -
 
 
 async def append_record(channel: AbstractChannel, topo: Topology, record: Record,
-                        replica: str) -> None:
-    """Append `record` to the state log over a channel with publisher confirms."""
+                        replica: str, mark: str | None = None) -> None:
+    """Append `record` to the state log over a channel with publisher confirms.
+
+    `mark` (the message id property) lets its writer see the record come back.
+    """
     headers: dict[str, Any] | None = (
         {KIND: record.kind} if isinstance(record, SnapshotPart) else None)
     await channel.default_exchange.publish(
-        aio_pika.Message(encode(record, replica, utcnow()), headers=headers,
+        aio_pika.Message(encode(record, replica, utcnow()), headers=headers, message_id=mark,
                          delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
         routing_key=topo.state,
     )
@@ -365,7 +368,8 @@ class StateLog:
 
     # -- writing ---------------------------------------------------------------------
 
-    async def append(self, record: Record, patience: float = 300.0) -> None:
+    async def append(self, record: Record, patience: float = 300.0,
+                     mark: str | None = None) -> None:
         """Append one record, confirmed by the broker before this returns.
 
         Survives a reconnect: a record that must be written (a park, say) waits
@@ -375,7 +379,7 @@ class StateLog:
         deadline = time.monotonic() + patience
         for attempt in itertools.count():
             try:
-                await append_record(self._write, self._topo, record, self._replica)
+                await append_record(self._write, self._topo, record, self._replica, mark)
             except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError):
                 if time.monotonic() > deadline:
                     raise
@@ -399,6 +403,22 @@ class StateLog:
             task.add_done_callback(self._sending.discard)
         async with asyncio.timeout(timeout):
             await asyncio.shield(waiter)
+
+    async def append_and_read(self, record: Record, timeout: float = 300.0) -> None:
+        """Append `record` and return once it is in `view`, and so is all before it.
+
+        What `append` then `sync` promise, one round trip sooner: the record
+        marks itself (its message id), so no marker follows it (issue 17: each
+        broker round trip is slow when the broker is busy).
+        """
+        mark = uuid.uuid4().hex
+        waiter = self._markers[mark] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.append(record, mark=mark)
+                await waiter
+        finally:
+            self._markers.pop(mark, None)
 
     async def _send_marker(self, waiter: asyncio.Future[None]) -> None:
         await asyncio.sleep(0)  # whoever asks in this turn of the loop rides along
@@ -445,8 +465,13 @@ class StateLog:
             return
         if self._loader is not None:
             self._load(record, offset)
-            return
-        self._apply(record, offset)
+        else:
+            self._apply(record, offset)
+        mark = message.header.properties.message_id
+        if mark and self._loader is None:  # a writer waits for it (`append_and_read`)
+            waiter = self._markers.get(mark)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _load(self, record: Record, offset: int) -> None:
         loader = self._loader

@@ -284,9 +284,9 @@ async def test_syncs_asked_together_share_a_marker(amqp: Broker):
     sent: list[Record] = []
     append = log.append
 
-    async def counting(record: Record, patience: float = 300.0) -> None:
+    async def counting(record: Record, patience: float = 300.0, mark: str | None = None) -> None:
         sent.append(record)
-        await append(record, patience)
+        await append(record, patience, mark)
 
     log.append = counting  # type: ignore[method-assign]
     try:
@@ -298,3 +298,33 @@ async def test_syncs_asked_together_share_a_marker(amqp: Broker):
         await log.stop()
     markers = [r for r in sent if isinstance(r, Marker)]
     assert 1 <= len(markers) <= 3
+
+
+async def test_a_record_appended_and_read_is_in_the_view_with_all_before_it_and_no_marker(
+    amqp: Broker,
+):
+    """`append_and_read` promises what `append` then `sync` do, in one record: when it
+    returns, the record and every record appended before the call (by another replica
+    too) are in the view; it sends no marker."""
+    writer = StateLog(amqp.connection, amqp.topo, "writer")
+    reader = StateLog(amqp.connection, amqp.topo, "reader")
+    await writer.start()
+    await reader.start()
+    sent: list[Record] = []
+    append = reader.append
+
+    async def counting(record: Record, patience: float = 300.0, mark: str | None = None) -> None:
+        sent.append(record)
+        await append(record, patience, mark)
+
+    reader.append = counting  # type: ignore[method-assign]
+    try:
+        for n in range(50):
+            await writer.append(Registered(client_id=f"w{n}"))
+            await reader.append_and_read(Paused(client_id=f"w{n}", actor="t", op=f"op{n}"))
+            assert f"w{n}" in reader.view.clients
+            assert reader.view.ops.get(f"op{n}") == "reader"
+    finally:
+        await reader.stop()
+        await writer.stop()
+    assert [type(r) for r in sent] == [Paused] * 50
