@@ -11,11 +11,13 @@ from daemon.topology import Topology
 
 
 def delivery(offset: int, client: str, channel: object) -> SimpleNamespace:
-    """What aiormq hands the tail: body, delivery tag, and the stream offset header."""
+    """What aiormq hands the tail: body, delivery tag, the stream offset header and the
+    message id (a writer's mark, none here)."""
     return SimpleNamespace(
         channel=channel, body=encode(Registered(client_id=client), "r", "T"),
         delivery=SimpleNamespace(delivery_tag=offset),
-        header=SimpleNamespace(properties=SimpleNamespace(headers={"x-stream-offset": offset})))
+        header=SimpleNamespace(properties=SimpleNamespace(headers={"x-stream-offset": offset},
+                                                          message_id=None)))
 
 
 async def test_a_record_whose_ack_waits_is_not_passed_by_a_later_one():
