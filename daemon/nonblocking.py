@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import itertools
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -234,13 +233,11 @@ class NonBlockingPool:
         if not message_id:
             return  # nothing to fence by: it can only fail, under a fresh address
         state = self._rt.state
-        for attempt in itertools.count():
-            if attempt:
-                await state.sync()
+        while True:  # read back, our claim lost only to one the view now holds: try on it
             claim = uuid.uuid4().hex
             seen = state.view.copy_count(message_id)
-            await state.append(Redelivered(message_id=message_id, seen=seen, claim=claim))
-            await state.sync()
+            await state.append_and_read(Redelivered(message_id=message_id, seen=seen,
+                                                    claim=claim))
             count, won = state.view.copies.get(message_id, (0, ""))
             if won == claim:
                 held.count = count
@@ -355,8 +352,7 @@ class NonBlockingPool:
         for _ in range(FENCED_AGAIN):
             if has_id and count is None:
                 count = state.view.copy_count(record.message_id)
-            await state.append(replace(record, count=count if has_id else None))
-            await state.sync()
+            await state.append_and_read(replace(record, count=count if has_id else None))
             if record.fid in state.view.fids:
                 return True
             log.info("item.failed_fenced", message_id=record.message_id)

@@ -10,8 +10,6 @@ the next (an event may then go out twice: events are announcements).
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
@@ -48,10 +46,5 @@ class UnroutedWatch:
             await self._channel.close()
 
     async def _on_copy(self, message: AbstractIncomingMessage) -> None:
-        message_id = _text(message.message_id)
-        await self._outcomes.unrouted(unrouted_client(message), message_id, _text(message.type))
+        await self._outcomes.unrouted(unrouted_client(message), message.message_id, message.type)
         await message.ack()
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

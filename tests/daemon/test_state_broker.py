@@ -277,10 +277,8 @@ async def test_a_stream_declared_with_another_retention_is_kept(amqp: Broker):
         await second.stop()
 
 
-async def test_syncs_asked_together_share_a_marker(amqp: Broker):
-    """1,000 consumers placed at once each read the log up to now: a few markers, not 1,000."""
-    log = StateLog(amqp.connection, amqp.topo, "reader")
-    await log.start()
+def _count_appends(log: StateLog) -> list[Record]:
+    """Every record `log` appends from now on, markers included, in order."""
     sent: list[Record] = []
     append = log.append
 
@@ -289,6 +287,14 @@ async def test_syncs_asked_together_share_a_marker(amqp: Broker):
         await append(record, patience, mark)
 
     log.append = counting  # type: ignore[method-assign]
+    return sent
+
+
+async def test_syncs_asked_together_share_a_marker(amqp: Broker):
+    """1,000 consumers placed at once each read the log up to now: a few markers, not 1,000."""
+    log = StateLog(amqp.connection, amqp.topo, "reader")
+    await log.start()
+    sent = _count_appends(log)
     try:
         await asyncio.gather(*(log.sync() for _ in range(1000)))
         await log.append(Registered(client_id="late"))
@@ -310,14 +316,7 @@ async def test_a_record_appended_and_read_is_in_the_view_with_all_before_it_and_
     reader = StateLog(amqp.connection, amqp.topo, "reader")
     await writer.start()
     await reader.start()
-    sent: list[Record] = []
-    append = reader.append
-
-    async def counting(record: Record, patience: float = 300.0, mark: str | None = None) -> None:
-        sent.append(record)
-        await append(record, patience, mark)
-
-    reader.append = counting  # type: ignore[method-assign]
+    sent = _count_appends(reader)
     try:
         for n in range(50):
             await writer.append(Registered(client_id=f"w{n}"))
