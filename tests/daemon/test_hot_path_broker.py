@@ -64,7 +64,8 @@ async def test_items_that_succeed_build_no_aio_pika_message_and_skip_the_structl
     monkeypatch.setattr(logs, "hot_info", logs.json_writer(out))  # as `configure("json")`
     path = tmp_path / "clients.toml"
     path.write_text(clients_toml(shop.url, CLIENTS))
-    settings = settings_for(prefix, tmp_path, clients_file=path, succeeded_events=False)
+    settings = settings_for(prefix, tmp_path, clients_file=path, succeeded_events=False,
+                            processes=1)  # the pool in this process, where it is counted
     producer = Producer(amqp.connection, amqp.topo)
 
     def succeeded() -> list[dict[str, Any]]:
