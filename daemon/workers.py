@@ -113,14 +113,14 @@ class Worker:
     async def _run_once(self) -> int:
         read_end, write_end = os.pipe()
         try:
-            proc = self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "daemon.workers", str(self.slot), self._replica,
-                str(os.getpid()), str(write_end),
-                stdin=asyncio.subprocess.PIPE, pass_fds=(write_end,),
-            )
-        finally:
-            os.close(write_end)
-        try:
+            try:
+                proc = self.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "daemon.workers", str(self.slot), self._replica,
+                    str(os.getpid()), str(write_end),
+                    stdin=asyncio.subprocess.PIPE, pass_fds=(write_end,),
+                )
+            finally:
+                os.close(write_end)  # the worker's copy is the only one: EOF when it dies
             assert proc.stdin is not None
             proc.stdin.write(self._settings.dump_json())
             with contextlib.suppress(ConnectionError):
