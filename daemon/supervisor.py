@@ -33,7 +33,7 @@ from daemon.depths import queue_depths
 from daemon.events import Events
 from daemon.failed import FailedStore
 from daemon.leader import Leadership
-from daemon.metrics import ItemMetrics
+from daemon.metrics import ItemMetrics, Samples
 from daemon.nonblocking import NonBlockingPool
 from daemon.operations import OperationError, Operations
 from daemon.outbox import Outbox
@@ -116,6 +116,10 @@ class Supervisor:
             self._connection is not None and self._connection.connected.is_set()
             and self._pool is not None and self._pool.connected.is_set()
         )
+
+    def worker_samples(self) -> Samples:
+        """The item metrics' samples of the worker processes (S2SQ_PROCESSES), summed."""
+        return {} if self._workers is None else self._workers.samples()
 
     @property
     def recoveries(self) -> int:

@@ -16,6 +16,11 @@ children, in its cgroup.
   never on a command line or in the environment of `ps`); it says "ready" on a
   pipe of its own once its pool consumes. The supervisor reports READY=1 after
   every worker did (or `START_TIMEOUT_S` passed: it logs and goes on).
+* **Metrics**: on the same pipe the worker sends its item counters and
+  histogram about every `REPORT_EVERY_S` when they changed; the supervisor's
+  `/metrics` adds them to its own (`daemon.metrics.Merged`), keeping a dead
+  worker's last report, so the counters never go back. What a worker counted
+  after its last report before it died is not counted.
 * **Signals**: the supervisor passes SIGHUP (reload the clients file) and
   SIGTERM (finish running items within `shutdown_timeout`, hand the rest back,
   exit 0) on to every worker; it waits for them before it exits, and kills a
@@ -27,8 +32,6 @@ children, in its cgroup.
   SIGKILL when its parent goes (`PR_SET_PDEATHSIG`), as `kill -9` of the whole
   service would. Their items are redelivered too.
 
-A worker's `/metrics` counters are its own and not exported: the supervisor's
-`s2s_items_total` counts the items its own pool ran.
 """
 
 from __future__ import annotations
@@ -52,7 +55,14 @@ from aio_pika.abc import AbstractRobustConnection
 from daemon import logs
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.events import Events
-from daemon.metrics import ItemMetrics
+from daemon.metrics import (
+    ItemMetrics,
+    Samples,
+    add_samples,
+    decode_samples,
+    encode_samples,
+    item_samples,
+)
 from daemon.nonblocking import NonBlockingPool
 from daemon.outbox import Outbox
 from daemon.outcomes import Outcomes
@@ -66,6 +76,8 @@ from handlers.context import HandlerContext
 log = structlog.get_logger()
 
 READY = b"ready\n"
+REPORT_EVERY_S = 1.0
+READ_LIMIT = 4 * 1024 * 1024  # bytes in one line of samples
 START_TIMEOUT_S = 120.0
 KILL_AFTER_S = 10.0
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -86,6 +98,8 @@ class Worker:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.restarts = 0
+        self.samples: Samples = {}  # the running process's last report
+        self.retired: Samples = {}  # the last reports of the processes that died
         self._stopping = False
 
     def __repr__(self) -> str:
@@ -112,6 +126,7 @@ class Worker:
 
     async def _run_once(self) -> int:
         read_end, write_end = os.pipe()
+        pipe = os.fdopen(read_end, "rb", buffering=0)
         try:
             try:
                 proc = self.proc = await asyncio.create_subprocess_exec(
@@ -127,12 +142,33 @@ class Worker:
                 await proc.stdin.drain()
             proc.stdin.close()
             log.info("worker.started", worker=self.slot, pid=proc.pid)
-            said = await asyncio.to_thread(os.read, read_end, len(READY))  # b"" if it died
+            reader = asyncio.StreamReader(limit=READ_LIMIT)
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), pipe)
+            try:
+                await self._listen(reader)
+            finally:
+                transport.close()
         finally:
-            os.close(read_end)
-        if said == READY:
-            self.ready.set()
+            pipe.close()
         return await proc.wait()
+
+    async def _listen(self, reader: asyncio.StreamReader) -> None:
+        """"ready", then reports of its metrics, until the worker's end of the pipe closes."""
+        try:
+            async for line in reader:
+                if line == READY:
+                    self.ready.set()
+                    continue
+                try:
+                    self.samples = decode_samples(line)
+                except ValueError as exc:  # cut off as it died: the report before stands
+                    log.warning("worker.bad_report", worker=self.slot, error=str(exc))
+        except ValueError as exc:  # a line over READ_LIMIT
+            log.error("worker.bad_report", worker=self.slot, error=str(exc))
+        finally:
+            self.retired = add_samples(self.retired, self.samples)
+            self.samples = {}
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -176,6 +212,10 @@ class WorkerProcesses:
             wait.cancel()
         if pending:
             log.error("workers.not_ready", waiting=len(pending), timeout_s=START_TIMEOUT_S)
+
+    def samples(self) -> Samples:
+        """Every worker's item samples, the dead ones' included, summed."""
+        return add_samples(*(w.retired for w in self.workers), *(w.samples for w in self.workers))
 
     def signal(self, sig: int) -> None:
         """Pass `sig` on to every running worker."""
@@ -226,12 +266,27 @@ class PoolWorker:
             pool = NonBlockingPool(connection, rt, Outcomes(rt))
             await pool.start()
             log.info("worker.ready", worker=self.slot, replica=self.replica)
-            os.write(ready_fd, READY)
-            os.close(ready_fd)
+            report = await stack.enter_async_context(_Reports(ready_fd))
+            report.send(READY, always=True)
+            reporting = asyncio.ensure_future(self._report(report, rt.metrics))
             await self.stop_requested.wait()
             pool.begin_stop()
             await pool.drain(self.settings.shutdown_timeout)
+            reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporting
+            report.send(encode_samples(item_samples(rt.metrics)), always=True)  # the last word
         log.info("worker.stopped", worker=self.slot, replica=self.replica)
+
+    async def _report(self, report: _Reports, metrics: ItemMetrics) -> None:
+        """Send the item metrics' samples every `REPORT_EVERY_S` when they changed."""
+        last: Samples = {}
+        while True:
+            await asyncio.sleep(REPORT_EVERY_S)
+            now = item_samples(metrics)
+            if now != last:
+                report.send(encode_samples(now))
+                last = now
 
     @asynccontextmanager
     async def _runtime(self, connection: AbstractRobustConnection,
@@ -269,6 +324,36 @@ class PoolWorker:
             log.error("clients_file.invalid", worker=self.slot, error=str(exc))
             return
         log.info("clients_file.reloaded", worker=self.slot, clients=len(self.clients))
+
+
+class _Reports:
+    """The worker's end of the pipe to the supervisor: lines that never block the loop.
+
+    An asyncio write transport buffers what the pipe does not take at once;
+    a report is skipped while the one before is still buffered.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._transport: asyncio.WriteTransport | None = None
+
+    async def __aenter__(self) -> _Reports:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.connect_write_pipe(asyncio.Protocol, self._file)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._transport is not None:
+            self._transport.close()  # after what it buffered is written
+        self._file.close()
+
+    def send(self, line: bytes, *, always: bool = False) -> None:
+        """Write `line`; unless `always`, not while an earlier one waits in the buffer."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if always or transport.get_write_buffer_size() == 0:
+            transport.write(line)
 
 
 def _die_with(parent: int) -> None:

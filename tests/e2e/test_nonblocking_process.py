@@ -15,6 +15,8 @@ from tests.support import (
     FakeShop,
     daemon_process,
     env_with_clients,
+    free_port,
+    scrape_metrics,
     stays,
     wait_until,
 )
@@ -168,3 +170,33 @@ async def test_sighup_reaches_every_worker_process(
         assert await daemon.wait_exit(30) == 0
     assert {line.get("worker") for line in daemon.logged("clients_file.reloaded")} == {
         None, 1, 2}
+
+
+async def test_metrics_count_the_items_of_every_worker_process(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """S2SQ_PROCESSES=2: `/metrics` on the supervisor counts the worker's items too."""
+    shop.delay = 0.3
+    port = free_port()
+    env = _env(prefix, tmp_path, shop, "2", S2SQ_NONBLOCKING_CONCURRENCY="4",
+               S2SQ_HTTP_PORT=str(port))
+    succeeded = ('s2s_items_total{outcome="succeeded",queue="nonblocking",'
+                 'type="order.add_to_source"}')
+    calls = ('s2s_handler_duration_seconds_count{queue="nonblocking",'
+             'type="order.add_to_source"}')
+    scraped: dict[str, float] = {}
+    async with daemon_process(env, tmp_path / "daemon.log") as daemon:
+        await daemon.wait_logged("daemon.ready")
+        for n in range(40):
+            await amqp.order(CLIENTS[n % 3], f"M{n:02d}")
+        await wait_until(lambda: len(shop.running) == 8, 15, "8 orders at once, 4 per process")
+        await wait_until(lambda: len(set(shop.skus())) == 40, 30, "all 40 orders")
+        for _ in range(100):  # the worker reports about every second
+            scraped = await scrape_metrics(port)
+            if scraped.get(succeeded) == 40:
+                break
+            await asyncio.sleep(0.1)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(30) == 0
+    assert scraped.get(succeeded) == 40, scraped
+    assert scraped.get(calls) == 40
