@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 FILES_PER_QUEUE = {"quorum": 3, "classic": 1}  # DESIGN.md fact 5
 FILES_SPARE = 500
@@ -123,8 +125,17 @@ async def wait_cpu_idle(pid: int) -> float:
 # -- the broker's process ------------------------------------------------------------------
 
 
-def broker_pid() -> int | None:
-    """The local broker's Erlang VM, if there is one on this machine."""
+def broker_pid(port: int | None = None) -> int | None:
+    """The Erlang VM of the broker the bench uses (listening on `port`, default that of
+    S2SQ_AMQP_URL): the three nodes of scripts/rabbitmq-cluster.sh may run beside it."""
+    if port is None:
+        port = urlsplit(os.environ.get("S2SQ_AMQP_URL", "amqp://127.0.0.1:5672/")
+                        .split(",")[0]).port or 5672
+    found = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True,
+                           text=True, check=False)
+    listening = re.search(r'"beam\.smp",pid=(\d+)', found.stdout)
+    if listening:
+        return int(listening.group(1))
     for pattern in (["-u", "rabbitmq", "-x", "beam.smp"], ["-f", "beam.smp"]):
         found = subprocess.run(["pgrep", *pattern], capture_output=True, text=True, check=False)
         pids = found.stdout.split()

@@ -197,6 +197,7 @@ class Control:
                 aio_pika.Message(orjson.dumps(answer), content_type="application/json",
                                  correlation_id=message.correlation_id),
                 routing_key=message.reply_to,
+                mandatory=False,  # a requester gone before its answer is normal (a CLI's ^C)
             )
         except Exception:
             log.warning("control.reply_failed", exc_info=True)

@@ -76,3 +76,19 @@ async def test_an_answer_by_direct_reply_to_arrives(prefix, tmp_path, amqp: Brok
                                                reply_to="amq.rabbitmq.reply-to"), routing_key="")
         await wait_until(lambda: bool(answers), 15, "the answer")
     assert answers == [{"ok": True, "clients": []}]
+
+
+async def test_an_answer_nobody_waits_for_any_more_is_dropped_quietly(
+    prefix, tmp_path, amqp: Broker, caplog: pytest.LogCaptureFixture,
+):
+    """A requester gone before its answer (a CLI interrupted, a timeout): the answer is
+    dropped by the broker, not returned to the daemon, where aiormq logged the whole body
+    as an unstructured error (seen in bench/blocking.py's start-up, issue 17)."""
+    async with running(settings_for(prefix, tmp_path)), amqp.connection.channel() as channel:
+        gone = await channel.declare_queue("", exclusive=True)
+        await gone.delete()
+        await _send(amqp, {"action": "status"}, gone.name)
+        assert (await amqp.control(action="status"))["clients"] == []  # handled in order
+    unhandled = [r for r in caplog.records if r.name.startswith("aiormq")
+                 and "Unhandled message" in r.getMessage()]
+    assert unhandled == []
