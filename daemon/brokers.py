@@ -1,0 +1,175 @@
+"""The broker list (`S2SQ_AMQP_URL`, comma-separated) and connections that fail over along it.
+
+Several URLs name nodes of one RabbitMQ cluster. A connection uses one node
+at a time: it starts with the first that answers and, when it loses that
+node (a crash, a restart, RabbitMQ's `541 INTERNAL_ERROR … nodedown` close
+while a queue leader moves), reconnects to the next one, round the list.
+
+Two kinds of connection do this:
+
+* `connect_robust` — aio-pika's robust connection (channels and consumers
+  restored by aio-pika), for the supervisor's main connection and the CLI.
+  aio-pika reconnects to the one URL it was given; `FailoverConnection`
+  points it at the next URL before each attempt.
+* `connect_first` — a plain connection to the first URL that answers,
+  starting at a given place: for the consumer pool (daemon/channels.py),
+  which recovers its consumers itself.
+
+Passwords never leave this module in text: `censor` writes a URL for logs,
+`scrub` takes every password of the list out of an error message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
+
+log = structlog.get_logger()
+
+SCHEMES = ("amqp://", "amqps://")
+
+# FailoverConnection overrides this private method of aio-pika's RobustConnection
+# (the one step run before each connection attempt). Fail at import, not silently
+# without failover, should a new aio-pika rename it.
+_ATTEMPT = "_RobustConnection__connect_transport"
+assert hasattr(RobustConnection, _ATTEMPT), f"aio-pika no longer has {_ATTEMPT}"
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated list, stripped, empty entries dropped (pure)."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def url_problem(urls: Sequence[str]) -> str | None:
+    """Why the list is unusable, without quoting any URL (it may hold a password); or None."""
+    if not urls:
+        return "needs at least one amqp:// or amqps:// URL"
+    for number, url in enumerate(urls, 1):
+        which = "the URL" if len(urls) == 1 else f"URL {number} of {len(urls)}"
+        if not url.startswith(SCHEMES):
+            return f"{which} does not start with amqp:// or amqps://"
+        try:
+            parts = urlsplit(url)
+            _ = parts.port
+        except ValueError:
+            return f"{which} is malformed (bad port?)"
+        if not parts.hostname:
+            return f"{which} has no host"
+    return None
+
+
+def censor(url: str) -> str:
+    """`url` with its password replaced by `***`, for logs (pure)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "<malformed URL>"
+    return str(parsed.with_password("***")) if parsed.password else str(parsed)
+
+
+def where(url: str) -> str:
+    """host:port of a URL, nothing else (pure)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    except ValueError:
+        return "<malformed URL>"
+    return f"{parts.hostname}:{port}"
+
+
+def scrub(text: str, urls: Sequence[str]) -> str:
+    """`text` with the password of every URL in `urls` replaced by `***` (pure)."""
+    for url in urls:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            continue
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+class FailoverConnection(RobustConnection):
+    """aio-pika's robust connection, moving to the next URL of its list on each reconnect."""
+
+    def __init__(self, urls: Sequence[str], **kwargs: Any) -> None:
+        assert urls, "at least one URL"
+        super().__init__(URL(urls[0]), **kwargs)
+        self.urls = tuple(urls)
+        self._at = 0
+        self._attempts = 0
+
+    @property
+    def broker(self) -> str:
+        """host:port of the node this connection uses, or tries next."""
+        return where(self.urls[self._at])
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        """Before every attempt but the first: the next URL (the last one failed or was lost)."""
+        again = self._attempts > 0
+        self._attempts += 1
+        if again:
+            self._at = (self._at + 1) % len(self.urls)
+            self.url = URL(self.urls[self._at])
+            log.info("broker.connecting", broker=self.broker, attempt=self._attempts)
+        attempt = getattr(super(), _ATTEMPT)
+        await attempt()
+        if again:  # not on the first connection: the CLI's stdout is its answer
+            log.info("broker.connected", broker=self.broker)
+
+
+async def connect_robust(
+    urls: Sequence[str], name: str, *, timeout: float | None = None,
+    reconnect_interval: float = 1.0,
+) -> FailoverConnection:
+    """A robust connection to the first node that answers; it fails over along `urls`.
+
+    Each URL is tried once, in order; if none answers, the last error is
+    raised. Logs at debug level only: the CLI's stdout is its answer.
+    """
+    error: BaseException | None = None
+    for start in range(len(urls)):
+        order = (*urls[start:], *urls[:start])
+        connection = FailoverConnection(
+            order, client_properties={"connection_name": name},
+            reconnect_interval=reconnect_interval,
+        )
+        try:
+            await connection.connect(timeout=timeout)
+        except CONNECTION_EXCEPTIONS as exc:
+            error = exc
+            log.debug("broker.unreachable", broker=where(order[0]),
+                      error=scrub(repr(exc), urls))
+            await connection.close()
+            continue
+        return connection
+    assert error is not None
+    raise error
+
+
+async def connect_first(
+    urls: Sequence[str], start: int, name: str, timeout: float | None = None,
+) -> tuple[AbstractConnection, int]:
+    """A plain connection to the first URL that answers from `start` on, and that URL's index."""
+    error: BaseException | None = None
+    for step in range(len(urls)):
+        at = (start + step) % len(urls)
+        try:
+            connection = await aio_pika.connect(
+                urls[at], client_properties={"connection_name": name}, timeout=timeout)
+        except CONNECTION_EXCEPTIONS as exc:
+            error = exc
+            log.debug("broker.unreachable", broker=where(urls[at]), connection=name,
+                      error=scrub(repr(exc), urls))
+            continue
+        return connection, at
+    assert error is not None
+    raise error
