@@ -21,6 +21,7 @@ Passwords never leave this module in text: `censor` writes a URL for logs,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +29,8 @@ from urllib.parse import urlsplit
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractConnection
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.connection import Connection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
@@ -36,10 +38,13 @@ log = structlog.get_logger()
 
 SCHEMES = ("amqp://", "amqps://")
 
-# FailoverConnection overrides this private method of aio-pika's RobustConnection
-# (the one step run before each connection attempt). Fail at import, not silently
-# without failover, should a new aio-pika rename it.
+# FailoverConnection reaches into aio-pika's RobustConnection (10.x): it overrides
+# the step run before each connection attempt, and reads its channels and its
+# restore event. Fail at import, not silently without failover, should a new
+# aio-pika rename them.
 _ATTEMPT = "_RobustConnection__connect_transport"
+_CHANNELS = "_RobustConnection__channels"
+_RESTORE = "_RobustConnection__restore_event"
 assert hasattr(RobustConnection, _ATTEMPT), f"aio-pika no longer has {_ATTEMPT}"
 
 
@@ -103,6 +108,7 @@ class FailoverConnection(RobustConnection):
     def __init__(self, urls: Sequence[str], **kwargs: Any) -> None:
         assert urls, "at least one URL"
         super().__init__(URL(urls[0]), **kwargs)
+        self.name = str(self.kwargs.get("client_properties", {}).get("connection_name", ""))
         self.urls = tuple(urls)
         self._at = 0
         self._attempts = 0
@@ -112,6 +118,47 @@ class FailoverConnection(RobustConnection):
         """host:port of the node this connection uses, or tries next."""
         return where(self.urls[self._at])
 
+    async def _on_connected(self) -> None:
+        """Restore the channels; one whose queue is out of reach no longer blocks the rest.
+
+        aio-pika's RobustConnection gives up the whole connection (and tries
+        again, for ever) when some channel cannot be restored because an
+        entity is missing. On a cluster that happens when a *classic* queue's
+        node is down: `NOT_FOUND - home node … of durable queue … is down or
+        inaccessible` (the unrouted watch queue, say). Control, events, the
+        state log and the non-blocking pool would all wait for that node.
+        Here the connection comes up with every channel that can be restored;
+        the others are left to aio-pika's retry loop (restore event), which
+        restores them once their queue is back.
+        """
+        await Connection._on_connected(self)
+        transport = self.transport
+        if transport is None:
+            raise RuntimeError(f"no transport for connection {self}")
+        pending = tuple(getattr(self, _CHANNELS))
+        try:
+            while pending:
+                failed, errors = [], []
+                for channel in pending:
+                    try:
+                        await channel.restore()
+                    except ChannelNotFoundEntity as exc:
+                        failed.append(channel)
+                        errors.append(exc)
+                if len(failed) == len(pending):
+                    log.warning("channel.not_restored", broker=self.broker, channels=len(failed),
+                                connection=self.name, error=scrub(str(errors[0]), self.urls))
+                    getattr(self, _RESTORE).set()  # aio-pika's loop tries them again
+                    break
+                pending = tuple(failed)
+        except Exception as exc:
+            await self.close_callbacks(exc)
+            await asyncio.gather(transport.connection.close(exc), return_exceptions=True)
+            raise
+        if self.connection_attempt:
+            await self.reconnect_callbacks()
+        self.connection_attempt += 1
+
     async def _RobustConnection__connect_transport(self) -> None:
         """Before every attempt but the first: the next URL (the last one failed or was lost)."""
         again = self._attempts > 0
@@ -119,11 +166,12 @@ class FailoverConnection(RobustConnection):
         if again:
             self._at = (self._at + 1) % len(self.urls)
             self.url = URL(self.urls[self._at])
-            log.info("broker.connecting", broker=self.broker, attempt=self._attempts)
+            log.info("broker.connecting", broker=self.broker, connection=self.name,
+                     attempt=self._attempts)
         attempt = getattr(super(), _ATTEMPT)
         await attempt()
         if again:  # not on the first connection: the CLI's stdout is its answer
-            log.info("broker.connected", broker=self.broker)
+            log.info("broker.connected", broker=self.broker, connection=self.name)
 
 
 async def connect_robust(
