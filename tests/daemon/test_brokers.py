@@ -8,7 +8,7 @@ import pytest
 from daemon.brokers import FailoverConnection, censor, connect_robust, scrub, split_urls, where
 from daemon.channels import ConsumerChannels
 from tests.proxy import broker_proxy
-from tests.support import AMQP_URL, free_port, wait_until
+from tests.support import AMQP_URL, free_port, stays, wait_until
 
 
 @pytest.mark.parametrize(
@@ -108,3 +108,43 @@ async def _publish_until_received(connection: FailoverConnection, queue: str,
             return
     raise AssertionError("the consumer received nothing after the failover")
 
+
+
+async def test_a_queue_out_of_reach_does_not_keep_the_connection_down(prefix):
+    """A channel whose queue is missing after a reconnect waits alone; the rest work at once.
+
+    On a cluster, a classic queue whose node is down answers NOT_FOUND to every
+    declaration; here the queue is simply deleted while the link is cut.
+    """
+    name = f"{prefix}.out-of-reach"
+    async with broker_proxy() as one, broker_proxy() as two:
+        connection = await connect_robust([one.url, two.url], "test reach", timeout=5)
+        try:
+            async with connection.channel() as admin:
+                await admin.declare_queue(name, durable=False, auto_delete=False)
+            watch = await connection.channel()  # as daemon/unrouted.py: passive, then consume
+            queue = await watch.declare_queue(name, passive=True)
+            got: list[bytes] = []
+
+            async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                got.append(message.body)
+
+            await queue.consume(keep, no_ack=True)
+            other = await connection.channel()
+            async with connection.channel() as admin:
+                await admin.queue_delete(name)
+            one.refusing = True
+            one.cut()
+            await wait_until(lambda: connection.broker == where(two.url)
+                             and connection.connected.is_set(), 15,
+                             "the connection to come back without the missing queue")
+            # It stays up (aio-pika alone would drop it and try again every second)...
+            await stays(lambda: connection.connected.is_set(), 2.5, "the connection dropped")
+            await other.declare_queue(f"{name}.other", auto_delete=True)  # ...and is usable
+            async with connection.channel() as admin:
+                await admin.declare_queue(name, durable=False, auto_delete=False)
+            await _publish_until_received(connection, name, got)
+        finally:
+            async with connection.channel() as admin:
+                await admin.queue_delete(name)
+            await connection.close()
