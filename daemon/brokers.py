@@ -39,12 +39,13 @@ log = structlog.get_logger()
 SCHEMES = ("amqp://", "amqps://")
 
 # FailoverConnection reaches into aio-pika's RobustConnection (10.x): it overrides
-# the step run before each connection attempt, and reads its channels and its
-# restore event. Fail at import, not silently without failover, should a new
-# aio-pika rename them.
+# the step run before each connection attempt, and reads its channels, its
+# restore event and each channel's "restored" flag. Fail at import, not silently
+# without failover, should a new aio-pika rename them.
 _ATTEMPT = "_RobustConnection__connect_transport"
 _CHANNELS = "_RobustConnection__channels"
 _RESTORE = "_RobustConnection__restore_event"
+_RESTORED = "_RobustChannel__restored"
 assert hasattr(RobustConnection, _ATTEMPT), f"aio-pika no longer has {_ATTEMPT}"
 
 
@@ -136,6 +137,13 @@ class FailoverConnection(RobustConnection):
         if transport is None:
             raise RuntimeError(f"no transport for connection {self}")
         pending = tuple(getattr(self, _CHANNELS))
+        for channel in pending:
+            # A new transport: no channel is open on it yet. aio-pika marks a channel
+            # restored when its reopen returns, even if the connection died during
+            # that reopen (the 541 nodedown close that follows a node's death comes
+            # just then), and then skips it on every later reconnect: dead for ever
+            # (the state log's tail was, in the cluster tests).
+            getattr(channel, _RESTORED).clear()
         try:
             while pending:
                 failed, errors = [], []

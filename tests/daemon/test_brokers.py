@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aio_pika
 import pytest
 
 from daemon.brokers import FailoverConnection, censor, connect_robust, scrub, split_urls, where
 from daemon.channels import ConsumerChannels
+from daemon.records import Registered
+from daemon.state import StateLog, declare_state_stream
+from daemon.topology import Topology
 from tests.proxy import broker_proxy
 from tests.support import AMQP_URL, free_port, stays, wait_until
 
@@ -147,4 +152,34 @@ async def test_a_queue_out_of_reach_does_not_keep_the_connection_down(prefix):
         finally:
             async with connection.channel() as admin:
                 await admin.queue_delete(name)
+            await connection.close()
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.001, 0.002, 0.003, 0.004])
+async def test_the_state_log_reads_on_after_a_second_loss_during_the_restore(prefix, gap):
+    """Node 1 dies, and node 2 closes the new connection while channels are restored
+    (RabbitMQ's 541 nodedown close): the state log's tail reads on through node 3."""
+    topo = Topology(prefix)
+    async with broker_proxy() as one, broker_proxy() as two, broker_proxy() as three:
+        connection = await connect_robust([one.url, two.url, three.url], "test tail", timeout=5)
+        await declare_state_stream(connection, topo)
+        state = StateLog(connection, topo, "test")
+        try:
+            await state.start()
+            one.refusing = True
+            one.cut()
+            await wait_until(lambda: connection.broker == where(two.url)
+                             and connection.connected.is_set(), 15, "node 2")
+            await asyncio.sleep(gap)
+            two.refusing = True
+            two.cut()
+            await wait_until(lambda: connection.broker == where(three.url)
+                             and connection.connected.is_set(), 15, "node 3")
+            await state.append(Registered(client_id="acme", actor="test", op="1"))
+            await state.sync(timeout=10)
+            assert state.view.clients == {"acme"}
+        finally:
+            await state.stop()
+            async with connection.channel() as admin:
+                await admin.queue_delete(topo.state)
             await connection.close()
