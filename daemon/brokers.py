@@ -37,14 +37,14 @@ from yarl import URL
 log = structlog.get_logger()
 
 SCHEMES = ("amqp://", "amqps://")
+RESTORE_RETRY_S = 2.0  # a channel whose queue's node is down: how often to try it again
 
 # FailoverConnection reaches into aio-pika's RobustConnection (10.x): it overrides
 # the step run before each connection attempt, and reads its channels, its
-# restore event and each channel's "restored" flag. Fail at import, not silently
+# each channel's "restored" flag. Fail at import, not silently
 # without failover, should a new aio-pika rename them.
 _ATTEMPT = "_RobustConnection__connect_transport"
 _CHANNELS = "_RobustConnection__channels"
-_RESTORE = "_RobustConnection__restore_event"
 _RESTORED = "_RobustChannel__restored"
 assert hasattr(RobustConnection, _ATTEMPT), f"aio-pika no longer has {_ATTEMPT}"
 
@@ -113,6 +113,7 @@ class FailoverConnection(RobustConnection):
         self.urls = tuple(urls)
         self._at = 0
         self._attempts = 0
+        self._retries: set[asyncio.Task[None]] = set()
 
     @property
     def broker(self) -> str:
@@ -129,8 +130,10 @@ class FailoverConnection(RobustConnection):
         inaccessible` (the unrouted watch queue, say). Control, events, the
         state log and the non-blocking pool would all wait for that node.
         Here the connection comes up with every channel that can be restored;
-        the others are left to aio-pika's retry loop (restore event), which
-        restores them once their queue is back.
+        the others are tried again alone (`_retry_later`) until their queue
+        is back. And every channel is reopened
+        on a new transport, even one aio-pika wrongly believes restored.
+        Otherwise as aio-pika 10.2's RobustConnection._on_connected.
         """
         await Connection._on_connected(self)
         transport = self.transport
@@ -156,7 +159,7 @@ class FailoverConnection(RobustConnection):
                 if len(failed) == len(pending):
                     log.warning("channel.not_restored", broker=self.broker, channels=len(failed),
                                 connection=self.name, error=scrub(str(errors[0]), self.urls))
-                    getattr(self, _RESTORE).set()  # aio-pika's loop tries them again
+                    self._retry_later(failed)
                     break
                 pending = tuple(failed)
         except Exception as exc:
@@ -166,6 +169,39 @@ class FailoverConnection(RobustConnection):
         if self.connection_attempt:
             await self.reconnect_callbacks()
         self.connection_attempt += 1
+
+    def _retry_later(self, channels: Sequence[Any]) -> None:
+        """Restore these channels alone, every few seconds, until they are back.
+
+        Not aio-pika's own loop (its restore event): that one also goes over
+        every healthy channel each second, and the cluster tests stalled on the
+        state log while it ran.
+        """
+        for channel in channels:
+            task = asyncio.ensure_future(self._restore_when_back(channel))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _restore_when_back(self, channel: Any) -> None:
+        transport = self.transport
+        while not self.is_closed and self.transport is transport:
+            await asyncio.sleep(RESTORE_RETRY_S)
+            if self.is_closed or self.transport is not transport:
+                return  # a new transport restores every channel itself
+            try:
+                await channel.restore()
+            except ChannelNotFoundEntity:
+                continue
+            except Exception as exc:  # the connection is going: its next one restores it
+                log.debug("channel.restore_failed", error=scrub(repr(exc), self.urls))
+                return
+            log.info("channel.restored", broker=self.broker, connection=self.name)
+            return
+
+    async def close(self, exc: Any = asyncio.CancelledError) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        await super().close(exc)
 
     async def _RobustConnection__connect_transport(self) -> None:
         """Before every attempt but the first: the next URL (the last one failed or was lost)."""
