@@ -66,8 +66,8 @@ async def delete_everything(
     `others`: more names under the prefix, deleted as queues and as exchanges.
     """
     queues = {topo.client_queue(c) for c in ids} | listed("queues", topo.prefix) | set(others)
-    queues |= {topo.state, topo.archive, topo.deadletter, topo.unrouted, topo.unrouted_watch,
-               topo.nonblocking}
+    queues |= {topo.state, topo.state_snapshot, topo.archive, topo.deadletter, topo.unrouted,
+               topo.unrouted_watch, topo.nonblocking}
     exchanges = listed("exchanges", topo.prefix) | set(others) | {
         topo.blocking, topo.unrouted, topo.nonblocking, topo.control, topo.events,
         topo.deadletter,

@@ -54,6 +54,8 @@ VARIANTS = {
     "log": Variant("log", EVENTS_OFF, "log"),
     # Neither: what the daemon costs beyond the raw consumer when it reports nothing per item.
     "bare": Variant("bare", EVENTS_OFF | NO_ITEM_LOG, "idle"),
+    # The defaults, with the non-blocking pool in one process per core (S2SQ_PROCESSES).
+    "auto": Variant("auto", {"S2SQ_PROCESSES": "auto"}, "log"),
 }
 
 
@@ -100,6 +102,9 @@ async def started_daemon(
         proc = await asyncio.create_subprocess_exec(
             *shlex.split(args.daemon_command), "run", env=daemon_env(args, clients_file, variant),
             stdin=subprocess.DEVNULL, stdout=log_file, cwd=workdir,
+            # A group of its own: freezing it freezes its worker processes (S2SQ_PROCESSES)
+            # too, and its CPU is read with theirs (bench/window.py, bench/machine.py).
+            start_new_session=True,
         )
     print(f"  daemon pid {proc.pid}, log {log_path}")
     try:

@@ -119,8 +119,14 @@ def ratios(windows: list[Window]) -> dict[str, list[float]]:
     return out
 
 
-def report(windows: list[Window], goal: float | None = None) -> None:
-    """One table: throughput, ratio to raw, and who used the CPU (% of one core, µs per item).
+# (side, other side, the ratio side/other that is the goal, if any)
+Versus = tuple[str, str, float | None]
+
+
+def report(windows: list[Window], goal: float | None = None,
+           versus: Sequence[Versus] = ()) -> None:
+    """One table: throughput, ratio to raw, and who used the CPU (% of one core, µs per item);
+    then each side's medians, and the `versus` ratios between two sides of the same run.
 
     `goal`: the ratio to raw the daemon should reach, if there is one.
     """
@@ -152,6 +158,35 @@ def report(windows: list[Window], goal: float | None = None) -> None:
             verdict = (f", meets the goal of {goal}" if median >= goal
                        else f", below the goal of {goal}")
         print(f"{side}: {median:.2f} x raw (median of {len(values)} runs){verdict}")
+    medians(windows)
+    for side, other, want in versus:
+        compare(windows, side, other, want)
+
+
+def medians(windows: list[Window]) -> None:
+    """Each side's median items/s and CPU per item (child and broker) over its runs."""
+    print(f"{'medians':<28}{'items/s':>8}{'child µs/item':>15}{'broker µs/item':>16}")
+    for side in dict.fromkeys(w.side for w in windows):
+        mine = [w for w in windows if w.side == side]
+        rate = statistics.median(w.rate for w in mine)
+        child = statistics.median(w.cpu.child / w.items * 1e6 for w in mine)
+        broker = statistics.median(w.cpu.broker / w.items * 1e6 for w in mine)
+        print(f"{side:<28}{rate:>8.0f}{child:>15.0f}{broker:>16.0f}")
+
+
+def compare(windows: list[Window], side: str, other: str, want: float | None) -> None:
+    """`side`'s items/s over `other`'s, run by run, and their median against `want`."""
+    rates = {(w.side, w.run): w.rate for w in windows}
+    runs = sorted({w.run for w in windows})
+    values = [rates[side, r] / rates[other, r] for r in runs
+              if (side, r) in rates and (other, r) in rates]
+    if not values:
+        return
+    median = statistics.median(values)
+    verdict = "" if want is None else (f", meets the goal of {want}" if median >= want
+                                       else f", below the goal of {want}")
+    each = ", ".join(f"{v:.2f}" for v in values)
+    print(f"{side} / {other}: {median:.2f} (median of {len(values)} runs: {each}){verdict}")
 
 
 # -- the main loop ----------------------------------------------------------------------------
@@ -228,7 +263,8 @@ async def until_sigterm(measure_all: MeasureAll, windows: list[Window]) -> None:
         raise RuntimeError("cancelled from inside, not by SIGTERM (a bug here?)") from None
 
 
-def run_and_report(measure_all: MeasureAll, version: str, goal: float | None = None) -> int:
+def run_and_report(measure_all: MeasureAll, version: str, goal: float | None = None,
+                   versus: Sequence[Versus] = ()) -> int:
     """Run `measure_all`, then report what was measured, even after a failure; the exit code."""
     windows: list[Window] = []
     code = 0
@@ -243,7 +279,7 @@ def run_and_report(measure_all: MeasureAll, version: str, goal: float | None = N
         code = 1
     if windows:
         print()
-        report(windows, goal)
+        report(windows, goal, versus)
     if code_version() != version:
         print(f"warning: the code changed during the run (now {code_version()}): the windows"
               " may have measured different daemons")

@@ -1,6 +1,6 @@
 """Non-blocking-queue throughput: the daemon against raw aio-pika, Celery and Dramatiq, same run.
 
-    .venv/bin/python bench/nonblocking.py --items 20000 --clients 100 --runs 1
+    .venv/bin/python bench/nonblocking.py --items 20000 --clients 100 --runs 3
 
 N `system.noop` items (`--items`, round `--clients` client ids) are drained
 from a queue of `--queue-type` (quorum by default, as the daemon's) by:
@@ -10,7 +10,11 @@ from a queue of `--queue-type` (quorum by default, as the daemon's) by:
   `--prefetch` (32, the daemon's S2SQ_NONBLOCKING_CONCURRENCY), a callback
   that only acks: the baseline (ratio 1.00);
 * daemon: the real `s2s-queue run` as a child, its own defaults, no client
-  registered (non-blocking items need none): its non-blocking pool, prefetch 32;
+  registered (non-blocking items need none): its non-blocking pool, prefetch 32,
+  in one process;
+* daemon-auto: the same with `S2SQ_PROCESSES=auto`: the pool in one process
+  per core (the supervisor and its worker processes, each prefetch 32), CPU
+  read over all of them;
 * celery: a Celery prefork worker (`--concurrency` processes, acks late,
   prefetch multiplier `--prefetch` / `--concurrency`, results ignored, no
   remote control, gossip, mingle or heartbeat) on `<prefix>.celery`, task
@@ -61,7 +65,9 @@ from bench.harness import RAW, code_version, ensure_workdir, measure_runs, run_a
 from bench.window import Setup, Window
 from bench.workers import FRAMEWORKS, run_worker
 
-SIDES = ("raw", "daemon", "celery", "dramatiq")
+SIDES = ("raw", "daemon", "daemon-auto", "dramatiq", "celery")
+ONE_PROCESS_GOAL = 0.95  # x raw aio-pika, the daemon in one process (issue 15)
+AUTO_GOAL = 1.2  # x Dramatiq (--concurrency processes x --threads), daemon with processes=auto
 
 
 class NonBlockingSetup(Setup):
@@ -92,7 +98,11 @@ def side_windows(setup: Setup, run: int) -> list[tuple[str, Callable[[], Awaitab
             raw_options = ["--shared", "--prefetch", str(args.prefetch)]
             out.append((f"{RAW} consumer", partial(run_raw, setup, run, raw_options)))
         elif side == "daemon":
-            out.append(("daemon, default", partial(run_daemon, setup, run, VARIANTS["default"])))
+            out.append(("daemon, default (1 process)",
+                        partial(run_daemon, setup, run, VARIANTS["default"])))
+        elif side == "daemon-auto":
+            out.append((f"daemon, S2SQ_PROCESSES=auto ({len(os.sched_getaffinity(0))})",
+                        partial(run_daemon, setup, run, VARIANTS["auto"])))
         else:
             out.append((side, partial(run_worker, setup, run, FRAMEWORKS[side])))
     return out
@@ -152,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f" Celery); Python {sys.version.split()[0]}")
     print(f"code: {version}; daemon: {args.daemon_command}; work dir {args.workdir}")
     measure_all = partial(measure_runs, NonBlockingSetup, side_windows, args, beam)
-    return run_and_report(measure_all, version)
+    versus = [("daemon auto", "dramatiq", AUTO_GOAL), ("daemon default", "dramatiq", None)]
+    return run_and_report(measure_all, version, ONE_PROCESS_GOAL, versus)
 
 
 if __name__ == "__main__":

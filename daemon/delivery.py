@@ -1,10 +1,10 @@
-"""A client queue's delivery, read straight from aiormq.
+"""A consumer's delivery, read straight from aiormq.
 
-The blocking consumers take deliveries from aiormq rather than through
-aio-pika's `IncomingMessage`, whose construction (a property object and a
-guarded `__setattr__` per field) cost about a tenth of the daemon's CPU per
-item on the hot path (bench/RESULTS.md). `AmqpDelivery` carries only what a
-blocking consumer reads, and acks or nacks on the channel it came from: a
+The blocking consumers and the non-blocking pool take deliveries from aiormq
+rather than through aio-pika's `IncomingMessage`, whose construction (a
+property object and a guarded `__setattr__` per field) cost about a tenth of
+the daemon's CPU per item on the hot path (bench/RESULTS.md). `AmqpDelivery`
+carries only what they read, and acks or nacks on the channel it came from: a
 channel that closed meanwhile raises aiormq's `ChannelInvalidStateError`,
 as aio-pika's would.
 """
@@ -20,8 +20,8 @@ import aiormq.abc
 class AmqpDelivery:
     """One delivered message: properties, body, and how to settle it."""
 
-    __slots__ = ("_channel", "_tag", "body", "content_type", "headers", "message_id",
-                 "redelivered", "timestamp", "type")
+    __slots__ = ("_channel", "_tag", "body", "content_type", "exchange", "headers",
+                 "message_id", "redelivered", "routing_key", "timestamp", "type")
 
     def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
         props = message.header.properties
@@ -35,6 +35,8 @@ class AmqpDelivery:
         self.type: str | None = props.message_type
         self.timestamp: datetime | None = props.timestamp
         self.redelivered: bool = bool(getattr(delivery, "redelivered", False))
+        self.exchange: str | None = getattr(delivery, "exchange", None)
+        self.routing_key: str | None = getattr(delivery, "routing_key", None)
 
     def __repr__(self) -> str:
         return f"<AmqpDelivery {self.message_id!r} tag={self._tag}>"

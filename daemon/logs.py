@@ -32,7 +32,9 @@ hot_info: Callable[..., None] = _structlog_info
 """`hot_info(event, **fields)`: an info line, cheap when the output is JSON."""
 
 
-def _json_writer(stream: BinaryIO) -> Callable[..., None]:
+def json_writer(stream: BinaryIO) -> Callable[..., None]:
+    """A `hot_info` that writes JSON lines to `stream` (what `configure("json")` installs)."""
+
     def write(event: str, **fields: Any) -> None:
         fields["event"] = event
         fields["level"] = "info"
@@ -47,7 +49,7 @@ def configure(fmt: str = "json", level: str = "info") -> None:
     """Configure structlog (and route stdlib logging, e.g. aio-pika's, through it)."""
     global hot_info
     if fmt == "json" and LEVELS[level] <= logging.INFO:
-        hot_info = _json_writer(sys.stdout.buffer)
+        hot_info = json_writer(sys.stdout.buffer)
     elif LEVELS[level] <= logging.INFO:
         hot_info = _structlog_info
     else:

@@ -7,6 +7,11 @@ The hot path pays a dict lookup for a label child cached per (type, queue)
 and its locked add: about 1 µs an item with the histogram (`bench/metrics_cost.py`),
 against the ~550 µs the daemon spends on an item.
 
+With `S2SQ_PROCESSES` over 1, each worker process counts its own items and
+sends its samples to the supervisor about every second (`daemon/workers.py`);
+a scrape adds them to the supervisor's (`Merged`), so the counters and the
+histogram cover every process of the daemon.
+
 Gauges are gathered at scrape time: parked, paused and failed from the state
 log's view (the same on every replica), the rest by passive declares
 (`daemon/depths.py`; client queue depths cached for a few seconds). When the
@@ -16,10 +21,11 @@ broker cannot be asked, the broker gauges are left out and the rest is served.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from prometheus_client import (
@@ -86,6 +92,81 @@ class ItemMetrics:
         if child is None:
             child = self._timers[key] = self.durations.labels(*key)
         child.observe(seconds)
+
+
+# One process's item samples: (sample name, sorted labels) -> value. Counters, bucket
+# counts, _count and _sum all add up across processes.
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+Samples = dict[SampleKey, float]
+
+
+def item_samples(metrics: ItemMetrics) -> Samples:
+    """The samples of `metrics`' counter and histogram, as they are now."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in (*metrics.items.collect(), *metrics.durations.collect())
+            for s in family.samples}
+
+
+def add_samples(*parts: Mapping[SampleKey, float]) -> Samples:
+    """Sample by sample sums (pure)."""
+    out: Samples = {}
+    for part in parts:
+        for key, value in part.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def encode_samples(samples: Samples) -> bytes:
+    """One line of JSON, for the pipe from a worker process."""
+    return orjson.dumps([[name, list(labels), value] for (name, labels), value
+                         in samples.items()]) + b"\n"
+
+
+def decode_samples(line: bytes) -> Samples:
+    """What `encode_samples` wrote; ValueError if it is not that."""
+    try:
+        rows: Any = orjson.loads(line)
+        return {(str(name), tuple((str(k), str(v)) for k, v in labels)): float(value)
+                for name, labels, value in rows}
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a samples line: {exc}") from None
+
+
+class Merged(Collector):
+    """A metric of this process with the same samples of other processes added."""
+
+    def __init__(self, metric: Counter | Histogram, others: Mapping[SampleKey, float]) -> None:
+        self._metric = metric
+        self._others = others
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._metric.collect():
+            mine = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
+            theirs = {key: value for key, value in self._others.items()
+                      if _family_of(key[0], family.name)}
+            merged = Metric(family.name, family.documentation, family.type)
+            for (name, labels), value in sorted(add_samples(mine, theirs).items(),
+                                                key=_exposition_order):
+                merged.add_sample(name, dict(labels), value)
+            yield merged
+
+
+def _family_of(sample: str, family: str) -> bool:
+    return sample in (f"{family}_total", f"{family}_bucket", f"{family}_count", f"{family}_sum")
+
+
+def _exposition_order(item: tuple[SampleKey, float]) -> tuple[Any, ...]:
+    """Series by series; in a histogram's, buckets by bound, then _count, then _sum."""
+    (name, labels), _ = item
+    series = tuple(kv for kv in labels if kv[0] != "le")
+    bound = next((float(v) for k, v in labels if k == "le"), 0.0)
+    return (series, name.endswith("_sum"), name.endswith("_count"), bound)
+
+
+def merged_item_metrics(metrics: ItemMetrics, others: Mapping[SampleKey, float]
+                        ) -> Iterable[Collector]:
+    """The item counter and histogram of this process and of `others`, for one scrape."""
+    return (Merged(metrics.items, others), Merged(metrics.durations, others))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +289,8 @@ async def render(supervisor: Supervisor, depths: DepthCache) -> bytes:
         return b""
     gauges = await _gauges(supervisor, depths)
     registry = CollectorRegistry(auto_describe=False)
-    metrics = supervisor.rt.metrics
-    registry.register(metrics.items)
-    registry.register(metrics.durations)
+    for collector in merged_item_metrics(supervisor.rt.metrics, supervisor.worker_samples()):
+        registry.register(collector)
     registry.register(_Snapshot(gauges, dict(outbox.jobs), dict(outbox.deliveries),
                                 dict(outbox.failures)))
     return generate_latest(registry)

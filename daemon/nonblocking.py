@@ -17,6 +17,13 @@ Each delivery ends in exactly one fate, settled once (docs/parking.md):
 
 No exception leaves a delivery held: a slot is never lost (hole 1 of the
 release-2 review: an integer wider than 64 bits used to stop the pool).
+
+Deliveries come straight from aiormq (`daemon.delivery.AmqpDelivery`), as the
+blocking consumers' do: no aio-pika `IncomingMessage` per item. The channel is
+still aio-pika's robust one (it reopens after a loss and restores its QoS);
+its `reopen_callbacks` consume again, since aio-pika only restores its own
+consumers. The success line goes through `logs.hot_info`, not structlog's
+processor chain (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
+import aiormq.abc
 import orjson
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
+from daemon.delivery import AmqpDelivery
 from daemon.failed import GENERATION
 from daemon.items import BadItem, Parsed, parse_item
 from daemon.notifications import failure_from_record
@@ -90,7 +99,7 @@ def error_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
     return [h for h in history if isinstance(h, dict)][-20:]
 
 
-def stored_message(message: AbstractIncomingMessage) -> StoredMessage:
+def stored_message(message: AmqpDelivery | AbstractIncomingMessage) -> StoredMessage:
     """What is needed to publish the item again."""
     client = (message.headers or {}).get("client_id")
     headers = {"client_id": client} if isinstance(client, str) else {}
@@ -107,7 +116,7 @@ def stored_message(message: AbstractIncomingMessage) -> StoredMessage:
 class Held:
     """A delivery in a slot, settled exactly once."""
 
-    message: AbstractIncomingMessage
+    message: AmqpDelivery
     settled: bool = False
     generation: str = ""
     count: int | None = None  # the claim count this replica holds a redelivered copy under
@@ -134,7 +143,7 @@ class NonBlockingPool:
         self._connection = connection
         self._rt = rt
         self._outcomes = outcomes
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._running: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._delays = rt.settings.retry_delays
@@ -144,12 +153,27 @@ class NonBlockingPool:
         return len(self._running)
 
     async def start(self) -> None:
-        self._channel = await self._connection.channel(publisher_confirms=False)
-        await self._channel.set_qos(prefetch_count=self._rt.settings.nonblocking_concurrency)
-        # Declared (passively), not `get_queue(ensure=False)`: only a declared queue is
-        # consumed again when the robust connection comes back after a loss.
-        queue = await self._channel.declare_queue(self._rt.topo.nonblocking, passive=True)
-        await queue.consume(self._on_message)
+        channel = await self._connection.channel(publisher_confirms=False)
+        assert isinstance(channel, AbstractRobustChannel)  # reopens after a loss
+        self._channel = channel
+        await channel.set_qos(prefetch_count=self._rt.settings.nonblocking_concurrency)
+        await channel.declare_queue(self._rt.topo.nonblocking, passive=True)  # it exists
+        channel.reopen_callbacks.add(self._on_reopened)
+        await self._consume()
+
+    async def _consume(self) -> None:
+        assert self._channel is not None
+        underlay = await self._channel.get_underlay_channel()
+        await underlay.basic_consume(self._rt.topo.nonblocking, self._on_delivery)
+
+    async def _on_reopened(self, *_: Any) -> None:
+        """The robust channel came back (a lost connection or channel): consume again."""
+        if self._stopping:
+            return
+        try:
+            await self._consume()
+        except Exception as exc:  # the channel went again: its next reopen tries again
+            log.warning("nonblocking.not_resumed", error=repr(exc))
 
     def begin_stop(self) -> None:
         """Start no new item; those not started go back when the channel closes."""
@@ -163,16 +187,18 @@ class NonBlockingPool:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._channel is not None and not self._channel.is_closed:
+            self._channel.reopen_callbacks.discard(self._on_reopened)
             await self._channel.close()
 
     # -- one item ----------------------------------------------------------------------
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         if self._stopping:
             return  # never started: handed back when the channel closes
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
+        message = AmqpDelivery(delivered)
         held = Held(message)
         try:
             await self._handle(held)
@@ -195,7 +221,7 @@ class NonBlockingPool:
         try:
             await self._fail(held, self._client_of(held.message), _str(held.message.type),
                              f"internal error in s2s-queue: {type(exc).__name__}: {exc}",
-                             attempts_made(held.message.headers or {}) + 1,
+                             attempts_made(held.message.headers) + 1,
                              display_payload(held.message.body))
         except Exception:
             log.exception("item.not_recorded", message_id=held.message.message_id)
@@ -203,7 +229,7 @@ class NonBlockingPool:
 
     async def _handle(self, held: Held) -> None:
         message = held.message
-        headers = dict(message.headers or {})
+        headers = message.headers  # a copy of its own (AmqpDelivery)
         held.generation = generation_of(headers)
         if message.redelivered:
             await self._claim(held)
@@ -271,17 +297,17 @@ class NonBlockingPool:
                         message_id=record.message_id, type=record.type, error=repr(exc))
             raise  # requeued: redelivered, `_already_failed` queues it again
 
-    def _client_of(self, message: AbstractIncomingMessage) -> str:
+    def _client_of(self, message: AmqpDelivery) -> str:
         # A retried item comes back from its delay queue with the work queue's name
         # as routing key; the producer's routing key is checked on the first run.
         if message.exchange == self._rt.topo.nonblocking:
             return _str(message.routing_key) or ""
-        return _str((message.headers or {}).get("client_id")) or ""
+        return _str(message.headers.get("client_id")) or ""
 
-    def _parse(self, message: AbstractIncomingMessage) -> Parsed | BadItem:
+    def _parse(self, message: AmqpDelivery) -> Parsed | BadItem:
         return parse_item(
             body=message.body, content_type=message.content_type,
-            message_id=message.message_id, type_=message.type, headers=message.headers or {},
+            message_id=message.message_id, type_=message.type, headers=message.headers,
             client_id=self._client_of(message), queue="nonblocking",
             handlers=self._rt.handlers, max_body_bytes=self._rt.settings.max_body_bytes,
         )
@@ -317,7 +343,7 @@ class NonBlockingPool:
         message = held.message
         now = utcnow()
         error = short_error(error)
-        history = [*error_history(dict(message.headers or {})),
+        history = [*error_history(message.headers),
                    {"attempt": attempt, "error": error, "at": now}]
         # An item without a message_id still needs an address for retry/skip.
         message_id = _str(message.message_id) or f"no-message-id-{uuid.uuid4().hex}"

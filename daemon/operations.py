@@ -161,7 +161,9 @@ class Operations:
         if not consumer.paused:
             raise OperationError(f"client {client_id!r} is not paused")
         if await self._won(Resumed(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
-            await self._sup.outcomes.resumed(client_id, None, "resume", actor)
+            outcomes = self._sup.outcomes  # after the answer, in the client's order of reports
+            consumer.parking.report_after(lambda: outcomes.resumed(client_id, None, "resume",
+                                                                   actor))
         return {"client_id": client_id, "state": consumer.state}
 
     async def client(self, client_id: str) -> dict[str, Any]:

@@ -111,9 +111,16 @@ class Outbox:
                 topo.delay_queue(settings.notify_digest_window, topo.notify),
                 *(topo.delay_queue(d, topo.notify_send) for d in retries)]
 
-    async def start(self) -> None:
+    async def start(self, *, consume: bool = True) -> None:
+        """Open the publishing channel; with `consume`, decide and send as well.
+
+        A non-blocking worker process (daemon/workers.py) only queues: the
+        supervisor's outbox decides and sends.
+        """
         self._publisher = await self._connection.channel(publisher_confirms=True,
                                                          on_return_raises=True)
+        if not consume:
+            return
         for queue_name, prefetch, callback in (
             (self._topo.notify, 1, self._on_job),
             (self._topo.notify_send, self._settings.notify_concurrency, self._on_delivery),

@@ -134,6 +134,7 @@ class Parking:
         self._phase = Phase.IDLE
         self._park: Parked | None = None  # the park this holder holds (or is retrying)
         self._runs: set[asyncio.Task[Any]] = set()  # at most one, but a handover overlaps
+        self._reporting: asyncio.Task[Any] | None = None  # the last action's side effects
         self._done_unacked: tuple[str | None, str] | None = None
         self._epoch: int | None = None  # the epoch of our claim of the held redelivery
         # True until the first delivery on a newly placed consumer: before it, another
@@ -375,22 +376,34 @@ class Parking:
 
     async def _park_failed(self, delivery: Delivery, message_id: str | None, type_: str | None,
                            error: str, *, attempts: int, payload: Any,
-                           since: str | None = None) -> Parked:
-        """Record the park (fenced), then announce it: one event and notification per park."""
+                           since: str | None = None, held: Parked | None = None) -> Parked:
+        """Record the park (fenced), then announce it: one event and notification per park.
+
+        A retry that fails (`held`: the park it retried) parks again under the
+        epoch it holds the park under, as its unpark would, and announces after
+        the admin has the answer.
+        """
         now = utcnow()
         park = await self._record_park(Parked(
             client_id=self.scope, message_id=message_id, digest=digest_of(delivery.body),
             type=type_, error=short_error(error), attempts=attempts, since=since or now,
             failed_at=now, payload=payload,
-        ))
+        ), epoch=held.epoch if held is not None else None)
         self._park = park
         self._phase = Phase.PARKED
         self._report.parked(park, repeated=since is not None)
-        await self._announce(park)
+        if held is not None:
+            self.report_after(lambda: self._announce(park))
+        else:
+            await self._announce(park)
         return park
 
-    async def _record_park(self, park: Parked) -> Parked:
+    async def _record_park(self, park: Parked, epoch: int | None = None) -> Parked:
         """Append the park under the current epoch; keep trying while the item is held.
+
+        The current epoch is read after a sync, unless the caller holds the park
+        it parks again (`epoch`): a claim since means someone else has the item,
+        and the fold must ignore this record (docs/parking.md, "Fences").
 
         Until the record is written the item is not parked: if this replica dies
         (or loses the channel) first, the redelivery runs the item again, as any
@@ -398,8 +411,10 @@ class Parking:
         """
         while True:
             try:
-                await self._log.sync()
-                park = replace(park, epoch=self._log.view.epoch(self.scope), announced=False)
+                if epoch is None:
+                    await self._log.sync()
+                park = replace(park, announced=False, epoch=(
+                    self._log.view.epoch(self.scope) if epoch is None else epoch))
                 await self._log.append(park)
                 return park
             except asyncio.CancelledError:
@@ -467,13 +482,14 @@ class Parking:
             await self._work.attempt(parsed, attempts)
         except (HandlerError, OperationError) as exc:
             await self._park_failed(delivery, park.message_id, park.type, str(exc),
-                                    attempts=attempts, payload=park.payload, since=park.since)
+                                    attempts=attempts, payload=park.payload, since=park.since,
+                                    held=park)
             return {"outcome": "failed", "error": short_error(str(exc)),
                     "message_id": park.message_id}
         await self._unpark(delivery, park, "retry", actor, reason)
-        await self._settle(delivery)
-        await self._report.succeeded(parsed, attempts, started)
-        await self._report.resumed(self.scope, park, "retry", actor)
+        self.report_after(lambda: self._settle(delivery),
+                          lambda: self._report.succeeded(parsed, attempts, started),
+                          lambda: self._report.resumed(self.scope, park, "retry", actor))
         return {"outcome": "succeeded", "message_id": park.message_id}
 
     async def skip(self, message_id: str | None, actor: str,
@@ -488,13 +504,17 @@ class Parking:
         if not park.gone:
             await self._work.archive(delivery, park, actor, reason)
         await self._unpark(delivery, park, "skip", actor, reason)
-        await self._report.skipped(self.scope, park.message_id, park.type, "blocking", actor,
-                                   reason)
-        await self._report.resumed(self.scope, park, "skip", actor)
-        if park.gone:  # the held delivery is the next item: it runs now (unless paused)
-            self._start_held(delivery)
-        else:
-            await self._settle(delivery)
+
+        async def go_on() -> None:
+            if park.gone:  # the held delivery is the next item: it runs now (unless paused)
+                self._start_held(delivery)
+            else:
+                await self._settle(delivery)
+
+        self.report_after(lambda: self._report.skipped(self.scope, park.message_id, park.type,
+                                                       "blocking", actor, reason),
+                          lambda: self._report.resumed(self.scope, park, "skip", actor),
+                          go_on)
         return {"message_id": park.message_id}
 
     async def _unpark(self, delivery: Delivery, park: Parked, how: str, actor: str,
@@ -524,6 +544,39 @@ class Parking:
                 " channel to the broker, and whether it took effect is in the client's"
                 " state (the item is held again, parked, if it did not)")
         return task.result()
+
+    def report_after(self, *steps: Callable[[], Awaitable[None]]) -> None:
+        """Report an admin action's outcome (ack, events, notifications) after its answer.
+
+        The records that decide the outcome are written before the answer; the
+        steps follow in a task of this scope (busy until done, so a shutdown
+        waits for them; cancelled with the channel, like a run), after the
+        previous action's steps, so events keep their order. A step that fails
+        is logged and the next one still runs (issue 17: each of these is a
+        broker round trip the admin no longer waits for).
+        """
+        previous = self._reporting
+
+        async def in_turn() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            for step in steps:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("parking.report_failed", client_id=self.scope)
+
+        task = asyncio.ensure_future(in_turn())
+        self._runs.add(task)  # busy from now, not from its first step
+        self._idle.clear()
+        task.add_done_callback(self._run_ended)
+        self._reporting = task
+        self._track(task)
+
+    def _run_ended(self, task: asyncio.Task[Any]) -> None:
+        self._runs.discard(task)
+        if not self._runs:
+            self._idle.set()
 
     def _start_held(self, delivery: Delivery) -> None:
         """Run the held item in a task of ours (after a resume, or a skip of a gone park)."""

@@ -9,11 +9,13 @@ Unknown keys in the TOML file are errors, so a typo never goes unnoticed.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -80,6 +82,10 @@ class Settings(BaseSettings):
     blocking_backoff_max: float = Field(60.0, ge=0)
     nonblocking_retry_delays: str = "10,60,300"
     nonblocking_concurrency: int = Field(32, ge=1)
+    # Processes running the non-blocking pool (each with its own prefetch of
+    # `nonblocking_concurrency`): the supervisor's own and `processes - 1` worker
+    # processes it starts and watches (daemon/workers.py). "auto": one per core.
+    processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     handler_timeout: float = Field(60.0, gt=0)
     shutdown_timeout: float = Field(30.0, ge=0)
 
@@ -157,6 +163,29 @@ class Settings(BaseSettings):
     def amqp_urls(self) -> tuple[str, ...]:
         """`amqp_url` split on commas: the brokers to try, in order."""
         return split_urls(self.amqp_url.get_secret_value())
+
+    @property
+    def process_count(self) -> int:
+        """`processes` as a number: "auto" is the cores this process may run on."""
+        if self.processes == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return self.processes
+
+    def dump_json(self) -> bytes:
+        """Every setting as JSON, secrets included: for a worker process, over a pipe.
+
+        `Settings(**orjson.loads(...))` gives the same settings back: keyword
+        arguments come first of all sources.
+        """
+        values: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, Path):
+                value = str(value)
+            values[name] = value
+        return orjson.dumps(values)
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

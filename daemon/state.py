@@ -55,6 +55,9 @@ log = structlog.get_logger()
 Listener = Callable[[Record], None]
 
 PREFETCH = 500
+# How long start-up waits for anything at all from the snapshot pointer's offset
+# before it takes the pointer for one left over from a stream since re-created.
+POINTER_PATIENCE = 30.0
 PART_BYTES = 256 * 1024
 """No snapshot part is larger than this (one entry larger than it goes alone)."""
 KIND = "x-s2s-kind"
@@ -277,19 +280,33 @@ class StateLog:
         if pointer is not None:
             self._loader = Loader(pointer)
         await self._open_tail(pointer.start if pointer else "first")
-        await self.sync()
+        try:
+            await self.sync(timeout=POINTER_PATIENCE if pointer else 300.0)
+        except TimeoutError:
+            if pointer is None or self._last_offset >= 0:
+                raise
+            # Not even our own marker came back: the stream ends before the pointer.
+            log.error("state.pointer_beyond_stream", snapshot=pointer.snapshot,
+                      error=f"the snapshot pointer in {self._topo.state_snapshot!r} names"
+                      f" offset {pointer.start}, but the state stream {self._topo.state!r}"
+                      f" delivered nothing from there in {POINTER_PATIENCE:g} s: the stream"
+                      " was deleted or replaced since; reading it from its first record")
+            await self._replay_from_first()
         if self._loader is not None:  # the pointer named parts that are not (all) there
             log.error("state.snapshot_incomplete", snapshot=self._loader.pointer.snapshot,
                       parts=self._loader.pointer.parts, found=len(self._loader.parts))
-            await self._close_tail()
-            self._reset(View(), -1)
-            await self._open_tail("first")
-            await self.sync()
+            await self._replay_from_first()
         self.replayed = self._records_read
         view = self.view
         log.info("state.replayed", clients=len(view.clients), parked=len(view.parked),
                  paused=len(view.paused), failed=len(view.failed),
                  from_snapshot=pointer is not None, records=self.replayed)
+
+    async def _replay_from_first(self) -> None:
+        await self._close_tail()
+        self._reset(View(), -1)
+        await self._open_tail("first")
+        await self.sync()
 
     def _reset(self, view: View, offset: int) -> None:
         self.view = view

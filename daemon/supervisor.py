@@ -33,7 +33,7 @@ from daemon.depths import queue_depths
 from daemon.events import Events
 from daemon.failed import FailedStore
 from daemon.leader import Leadership
-from daemon.metrics import ItemMetrics
+from daemon.metrics import ItemMetrics, Samples
 from daemon.nonblocking import NonBlockingPool
 from daemon.operations import OperationError, Operations
 from daemon.outbox import Outbox
@@ -48,6 +48,7 @@ from daemon.topology import (
     declare_topology,
 )
 from daemon.unrouted import UnroutedWatch
+from daemon.workers import WorkerProcesses
 from handlers import load_handlers
 from handlers.base import Handler
 from handlers.context import HandlerContext
@@ -75,6 +76,7 @@ class Supervisor:
         self._connection: AbstractRobustConnection | None = None
         self._pool: ConsumerChannels | None = None
         self._nonblocking: NonBlockingPool | None = None
+        self._workers: WorkerProcesses | None = None
         self._leadership: Leadership | None = None
         self._rt: Runtime | None = None
         self._outcomes: Outcomes | None = None
@@ -115,6 +117,10 @@ class Supervisor:
             and self._pool is not None and self._pool.connected.is_set()
         )
 
+    def worker_samples(self) -> Samples:
+        """The item metrics' samples of the worker processes (S2SQ_PROCESSES), summed."""
+        return {} if self._workers is None else self._workers.samples()
+
     @property
     def recoveries(self) -> int:
         """How often client consumers were placed again after a channel or connection loss."""
@@ -148,6 +154,11 @@ class Supervisor:
             nonblocking = self._nonblocking = NonBlockingPool(self._connection, rt,
                                                               self.outcomes)
             await nonblocking.start()
+            # S2SQ_PROCESSES: the pool in this process and in processes - 1 more.
+            workers = self._workers = WorkerProcesses(
+                self.settings, self.settings.process_count - 1, self.replica)
+            stack.push_async_callback(workers.stop)
+            await workers.start()
             watch = UnroutedWatch(self._connection, self.topo, self.outcomes)
             await watch.start()
             stack.push_async_callback(watch.stop)
@@ -170,7 +181,8 @@ class Supervisor:
             systemd.notify("STOPPING=1")
             await control.stop()
             nonblocking.begin_stop()
-            await asyncio.gather(self._drain(), nonblocking.drain(self.settings.shutdown_timeout))
+            await asyncio.gather(self._drain(), nonblocking.drain(self.settings.shutdown_timeout),
+                                 workers.stop())
         log.info("daemon.stopped", replica=self.replica, clients=len(self.consumers),
                  uptime_s=round(time.monotonic() - self._started_at, 1))
 
@@ -261,6 +273,8 @@ class Supervisor:
         return {} if path is None else load_clients_file(path)
 
     def _reload_soon(self) -> None:
+        if self._workers is not None:
+            self._workers.signal(signal.SIGHUP)
         self._spawn(self.reload())
 
     def _spawn(self, coro: Any) -> None:

@@ -589,10 +589,17 @@ end:
        :: mustfail[r] || nfail < MAXFAIL ->
           nfail++;
           printf("@ r%d: item %d fails\n", r, held[r]);
-          /* sync(), then park with the current epoch */
-          sync(r);
-          ep[r] = v_epoch;
-          printf("@ r%d syncs, sends park item %d epoch %d\n", r, held[r], ep[r]);
+          if
+          :: isretry[r] ->
+             /* a retry parks again under the epoch it holds the park under,
+                as its unpark would: no sync (issue 17) */
+             printf("@ r%d sends park item %d under its held epoch %d\n", r, held[r], ep[r])
+          :: else ->
+             /* sync(), then park with the current epoch */
+             sync(r);
+             ep[r] = v_epoch;
+             printf("@ r%d syncs, sends park item %d epoch %d\n", r, held[r], ep[r])
+          fi;
           send(MK(PARK, held[r], ep[r], r, 0, 0));
           woff[r] = NOWAIT; pc[r] = PARKW
        :: !mustfail[r] ->

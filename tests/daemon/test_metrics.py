@@ -8,7 +8,16 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from daemon.metrics import FAILED_FINAL, SKIPPED, SUCCEEDED, ItemMetrics
+from daemon.metrics import (
+    FAILED_FINAL,
+    SKIPPED,
+    SUCCEEDED,
+    ItemMetrics,
+    decode_samples,
+    encode_samples,
+    item_samples,
+    merged_item_metrics,
+)
 from daemon.runtime import call_handler
 from handlers.base import Context, Item
 from handlers.errors import PermanentError, TransientError
@@ -71,6 +80,45 @@ def test_the_histogram_puts_each_duration_in_its_bucket():
     assert (bucket("0.005"), bucket("0.025"), bucket("5.0"), bucket("10.0"), bucket("+Inf")) \
         == (1, 3, 3, 4, 4)
     assert reg.get_sample_value("s2s_handler_duration_seconds_sum", labels) == pytest.approx(7.041)
+
+
+def test_a_scrape_adds_the_worker_processes_samples_to_the_supervisors():
+    """S2SQ_PROCESSES: counters, buckets, _count and _sum add up; series of one side show."""
+    mine, theirs = ItemMetrics(), ItemMetrics()
+    mine.count("system.noop", "nonblocking", SUCCEEDED)
+    for _ in range(2):
+        theirs.count("system.noop", "nonblocking", SUCCEEDED)
+    theirs.count("order.add_to_source", "nonblocking", FAILED_FINAL)
+    mine.observe("system.noop", "nonblocking", 0.001)
+    theirs.observe("system.noop", "nonblocking", 7.0)
+    reg = CollectorRegistry(auto_describe=False)
+    for collector in merged_item_metrics(mine, decode_samples(encode_samples(
+            item_samples(theirs)))):
+        reg.register(collector)
+    labels = {"type": "system.noop", "queue": "nonblocking"}
+
+    def value(name: str, **more: str) -> float | None:
+        return reg.get_sample_value(name, {**labels, **more})
+
+    assert value("s2s_items_total", outcome=SUCCEEDED) == 3
+    assert reg.get_sample_value("s2s_items_total", {
+        "type": "order.add_to_source", "queue": "nonblocking", "outcome": FAILED_FINAL}) == 1
+    assert (value("s2s_handler_duration_seconds_bucket", le="0.005"),
+            value("s2s_handler_duration_seconds_bucket", le="10.0"),
+            value("s2s_handler_duration_seconds_count")) == (1, 2, 2)
+    assert value("s2s_handler_duration_seconds_sum") == pytest.approx(7.001)
+    text = generate_latest(reg).decode()
+    series = [line for line in text.splitlines() if "system.noop" in line and "duration" in line]
+    assert [line.split("{")[0] for line in series[-3:]] == [
+        "s2s_handler_duration_seconds_bucket", "s2s_handler_duration_seconds_count",
+        "s2s_handler_duration_seconds_sum"], "buckets, then count, then sum"
+
+
+@pytest.mark.parametrize("line", [b"", b"{", b"[1]", b'[["a", [["k"]], 1]]', b"[[1,2,3,4]]"])
+def test_a_samples_line_that_is_not_one_is_refused(line):
+    """A report cut off as its worker died is refused, not half read."""
+    with pytest.raises(ValueError, match="not a samples line"):
+        decode_samples(line)
 
 
 async def fine(item: Item[Any], ctx: Any) -> None:

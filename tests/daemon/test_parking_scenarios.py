@@ -8,6 +8,7 @@ every step and the outcome at the end.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -139,3 +140,49 @@ def test_a_lost_channel_cancels_the_run_and_the_redelivery_runs_it_once_elsewher
     check(m)
     assert m.world.acked[:1] == [0]
     assert [r[:2] for r in m.world.runs[:2]] == [(0, 0), (1, 0)]
+
+
+def test_a_retry_and_a_skip_are_answered_before_their_reports_which_keep_their_order(
+    machine: ParkingMachine,
+):
+    """Issue 17: an admin waits for the records that decide the outcome, not for the
+    events and notifications after them (each a broker round trip); those still go out
+    in order, before the ack, and the client counts as busy until they have."""
+    m = machine
+    park_m0_on_replica_0(m)
+    parking = m.parkings[0]
+    gate = asyncio.Event()
+    reported: list[str] = []
+
+    async def announce(park: Parked) -> bool:
+        reported.append(f"announce attempt {park.attempts}")
+        await gate.wait()
+        return True
+
+    async def skipped(*args: object) -> None:
+        reported.append("skipped")
+
+    report = parking._report  # the machine's Report: these two calls are slow or watched
+    report.announce = announce  # type: ignore[method-assign]
+    report.skipped = skipped  # type: ignore[method-assign,assignment]
+
+    m.admin_acts(replica=0, stale=False, how="retry", twice=False)
+    m.finish(0, ok=False)
+    check(m)
+    assert m.outcomes == [{"outcome": "failed", "error": "HTTP 422", "message_id": "m0"}]
+    assert reported == ["announce attempt 2"], "the retry's park is announced after the answer"
+    assert m.shared.fold().parked["acme"].attempts == 2
+
+    m.admin_acts(replica=0, stale=False, how="skip", twice=False)
+    check(m)
+    assert m.outcomes[1] == {"message_id": "m0"}
+    assert m.world.archived == [0]
+    assert reported == ["announce attempt 2"], "the skip's reports wait for the announce"
+    assert m.world.acked == []
+    assert parking.busy, "the client is busy until its reports are out"
+
+    gate.set()
+    m._settle()
+    check(m)
+    assert reported == ["announce attempt 2", "skipped"]
+    assert m.world.acked[:1] == [0]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -55,6 +56,7 @@ def only_error(exc: ValidationError) -> tuple[tuple[str | int, ...], str]:
         ("blocking_attempts", 3),
         ("nonblocking_retry_delays", "10,60,300"),
         ("nonblocking_concurrency", 32),
+        ("processes", 1),
         ("handler_timeout", 60),
         ("shutdown_timeout", 30),
         ("max_body_bytes", 1_048_576),
@@ -369,3 +371,51 @@ def test_several_amqp_urls_stay_hidden_by_the_settings(monkeypatch: pytest.Monke
     shown = repr(load_settings())
     assert "PW-ONE" not in shown
     assert "PW-TWO" not in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "processes", "count"),
+    [
+        ("1", 1, 1),
+        ("2", 2, 2),
+        (" 3 ", 3, 3),
+        ("auto", "auto", len(os.sched_getaffinity(0))),
+    ],
+)
+def test_processes_is_a_count_or_auto_for_one_per_core(
+    monkeypatch: pytest.MonkeyPatch, text, processes, count
+):
+    """S2SQ_PROCESSES takes a number of processes, or `auto`: the cores we may run on."""
+    monkeypatch.setenv("S2SQ_PROCESSES", text)
+    settings = load_settings()
+    assert settings.processes == processes
+    assert settings.process_count == count
+
+
+def test_processes_from_a_toml_file_may_be_a_number_or_auto(tmp_path: Path):
+    """`processes = 2` and `processes = "auto"` both read."""
+    config = tmp_path / "s2s.toml"
+    config.write_text("processes = 2\n")
+    assert load_settings(config).process_count == 2
+    config.write_text('processes = "auto"\n')
+    assert load_settings(config).processes == "auto"
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "many", "2.5", "257", ""])
+def test_a_process_count_that_is_not_a_positive_number_or_auto_is_refused(
+    monkeypatch: pytest.MonkeyPatch, text
+):
+    """Nothing silently becomes one process."""
+    monkeypatch.setenv("S2SQ_PROCESSES", text)
+    with pytest.raises(ValidationError):
+        load_settings()
+
+
+def test_settings_go_to_a_worker_process_whole_secrets_included(tmp_path: Path):
+    """What `dump_json` writes builds the same settings again, passwords and paths too."""
+    settings = load_settings(amqp_url="amqp://u:secret@rabbit:5672/v", admin_token="adm",
+                             smtp_password="pw", clients_file=tmp_path / "c.toml",
+                             processes="auto", nonblocking_retry_delays="1,2")
+    again = Settings(**orjson.loads(settings.dump_json()))
+    assert again == settings
+    assert plain(again.amqp_url) == "amqp://u:secret@rabbit:5672/v"

@@ -10,6 +10,7 @@ import aio_pika
 import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from structlog.testing import capture_logs
 
 from daemon.records import (
     Failed,
@@ -260,6 +261,37 @@ async def test_a_pointer_to_a_missing_snapshot_falls_back_to_a_full_replay(amqp:
             await reader.stop()
     finally:
         await writer.stop()
+
+
+async def test_a_pointer_beyond_the_end_of_a_replaced_stream_falls_back_to_a_full_replay(
+    amqp: Broker, monkeypatch: pytest.MonkeyPatch,
+):
+    """The state stream was deleted and declared again, its snapshot pointer left over:
+    start-up reads the new stream from its first record instead of waiting, forever, for
+    an offset it will not reach (found by bench/admin.py, issue 17)."""
+    monkeypatch.setattr("daemon.state.POINTER_PATIENCE", 2.0)
+    writer = StateLog(amqp.connection, amqp.topo, "writer")
+    await writer.start()
+    try:
+        await _history(writer, clients=3, rounds=3)
+        async with amqp.connection.channel(publisher_confirms=True) as channel:
+            pointer = {"snapshot": "old", "covers": 1_000_000, "from": 1_000_001, "parts": 2}
+            await channel.default_exchange.publish(
+                aio_pika.Message(orjson.dumps(pointer)), routing_key=amqp.topo.state_snapshot)
+        reader = StateLog(amqp.connection, amqp.topo, "reader")
+        with capture_logs() as logs:
+            await asyncio.wait_for(reader.start(), 30)
+        try:
+            assert reader.view == writer.view
+        finally:
+            await reader.stop()
+    finally:
+        await writer.stop()
+    [error] = [e for e in logs if e["event"] == "state.pointer_beyond_stream"]
+    assert error["error"] == (
+        f"the snapshot pointer in {amqp.topo.state_snapshot!r} names offset 1000001, but the"
+        f" state stream {amqp.topo.state!r} delivered nothing from there in 2 s: the stream"
+        " was deleted or replaced since; reading it from its first record")
 
 
 async def test_a_stream_declared_with_another_retention_is_kept(amqp: Broker):

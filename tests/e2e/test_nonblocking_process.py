@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 from collections import Counter
@@ -14,6 +15,8 @@ from tests.support import (
     FakeShop,
     daemon_process,
     env_with_clients,
+    free_port,
+    scrape_metrics,
     stays,
     wait_until,
 )
@@ -22,18 +25,24 @@ pytestmark = pytest.mark.timeout(180)
 CLIENTS = ["acme", "globex", "initech"]
 
 
-def _env(prefix: str, tmp_path, shop: FakeShop, **extra: str) -> dict[str, str]:
-    return env_with_clients(prefix, tmp_path, shop, CLIENTS,
+@pytest.fixture(params=["1", "2"], ids=lambda n: f"processes={n}")
+def processes(request: pytest.FixtureRequest) -> str:
+    """Every test here runs with the pool in one process and in two (S2SQ_PROCESSES)."""
+    return str(request.param)
+
+
+def _env(prefix: str, tmp_path, shop: FakeShop, processes: str, **extra: str) -> dict[str, str]:
+    return env_with_clients(prefix, tmp_path, shop, CLIENTS, S2SQ_PROCESSES=processes,
                             S2SQ_NONBLOCKING_RETRY_DELAYS="0.3,0.5", **extra)
 
 
 async def test_failed_items_survive_kill_9_and_a_restart(
-    prefix, tmp_path, amqp: Broker, shop: FakeShop
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, processes
 ):
     """Failed items are in the broker, not the process: a new daemon lists and retries them."""
     shop.script["F1"] = [422]
     shop.always["F2"] = 422
-    env = _env(prefix, tmp_path, shop)
+    env = _env(prefix, tmp_path, shop, processes)
     async with daemon_process(env, tmp_path / "first.log") as first:
         await first.wait_logged("daemon.ready")
         await amqp.order("acme", "F1")
@@ -51,11 +60,11 @@ async def test_failed_items_survive_kill_9_and_a_restart(
 
 
 async def test_sigterm_under_load_runs_no_order_twice(
-    prefix, tmp_path, amqp: Broker, shop: FakeShop
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, processes
 ):
     """Graceful stop: running items finish, the rest go back, the next daemon does them once."""
     shop.delay = 0.05
-    env = _env(prefix, tmp_path, shop, S2SQ_NONBLOCKING_CONCURRENCY="8")
+    env = _env(prefix, tmp_path, shop, processes, S2SQ_NONBLOCKING_CONCURRENCY="8")
     async with daemon_process(env, tmp_path / "first.log") as first:
         await first.wait_logged("daemon.ready")
         for n in range(300):
@@ -74,7 +83,7 @@ async def test_sigterm_under_load_runs_no_order_twice(
 
 @pytest.mark.slow
 async def test_kill_9_at_random_points_while_moving_items_loses_nothing(
-    prefix, tmp_path, amqp: Broker, shop: FakeShop
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, processes
 ):
     """Killed five times under load with retries and failures: every order ends done or failed."""
     rng = random.Random(4)
@@ -85,7 +94,7 @@ async def test_kill_9_at_random_points_while_moving_items_loses_nothing(
         elif n % 10 == 7:
             shop.always[order] = 422  # fails for good
     shop.delay = 0.01
-    env = _env(prefix, tmp_path, shop, S2SQ_NONBLOCKING_CONCURRENCY="8")
+    env = _env(prefix, tmp_path, shop, processes, S2SQ_NONBLOCKING_CONCURRENCY="8")
     for n, order in enumerate(orders):
         await amqp.order(CLIENTS[n % 3], order)
     for round_ in range(5):
@@ -114,3 +123,80 @@ async def test_kill_9_at_random_points_while_moving_items_loses_nothing(
         expected = 3 if n % 10 == 3 else 1
         # at-least-once: each of the 5 kills may repeat one attempt of an item in flight
         assert expected <= seen[order] <= expected + 5, f"{order}: {seen[order]} attempts"
+
+
+async def test_a_worker_process_killed_mid_item_is_restarted_and_its_items_run_again(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """S2SQ_PROCESSES=2: both processes take items; a worker killed with items in hand comes
+    back, and the broker hands its items to a live process."""
+    shop.delay = 1.0
+    env = _env(prefix, tmp_path, shop, "2", S2SQ_NONBLOCKING_CONCURRENCY="4")
+    async with daemon_process(env, tmp_path / "daemon.log") as daemon:
+        await daemon.wait_logged("daemon.ready")
+        assert daemon.count("worker.ready") == 1
+        [started] = daemon.logged("worker.started")
+        for n in range(24):
+            await amqp.order(CLIENTS[n % 3], f"K{n:02d}")
+        # 4 in flight per process: more than 4 at once means the worker is taking items.
+        await wait_until(lambda: len(shop.running) == 8, 15, "8 orders at once, 4 per process")
+        held = set(shop.running)
+        os.kill(started["pid"], signal.SIGKILL)
+        await wait_until(lambda: daemon.count("worker.exited", worker=1) == 1, 15,
+                         "the supervisor to see its worker die")
+        await wait_until(lambda: daemon.count("worker.ready") == 2, 30, "the worker back")
+        await wait_until(lambda: len(set(shop.skus())) == 24, 60, "all 24 orders")
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(30) == 0
+    seen = Counter(shop.skus())
+    again = {sku for sku in held if seen[sku] > 1}
+    assert len(again) == 4, f"the killed worker's 4 orders run again: {held}, {seen}"
+    assert daemon.count("worker.stopped") == 1
+    assert daemon.count("workers.stopped") == 1
+
+
+async def test_sighup_reaches_every_worker_process(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """`systemctl reload`: the supervisor and each worker read the clients file again."""
+    env = _env(prefix, tmp_path, shop, "3")
+    async with daemon_process(env, tmp_path / "daemon.log") as daemon:
+        await daemon.wait_logged("daemon.ready")
+        assert daemon.count("worker.ready") == 2
+        daemon.signal(signal.SIGHUP)
+        await wait_until(lambda: daemon.count("clients_file.reloaded") == 3, 15,
+                         "three processes to reload the clients file")
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(30) == 0
+    assert {line.get("worker") for line in daemon.logged("clients_file.reloaded")} == {
+        None, 1, 2}
+
+
+async def test_metrics_count_the_items_of_every_worker_process(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """S2SQ_PROCESSES=2: `/metrics` on the supervisor counts the worker's items too."""
+    shop.delay = 0.3
+    port = free_port()
+    env = _env(prefix, tmp_path, shop, "2", S2SQ_NONBLOCKING_CONCURRENCY="4",
+               S2SQ_HTTP_PORT=str(port))
+    succeeded = ('s2s_items_total{outcome="succeeded",queue="nonblocking",'
+                 'type="order.add_to_source"}')
+    calls = ('s2s_handler_duration_seconds_count{queue="nonblocking",'
+             'type="order.add_to_source"}')
+    scraped: dict[str, float] = {}
+    async with daemon_process(env, tmp_path / "daemon.log") as daemon:
+        await daemon.wait_logged("daemon.ready")
+        for n in range(40):
+            await amqp.order(CLIENTS[n % 3], f"M{n:02d}")
+        await wait_until(lambda: len(shop.running) == 8, 15, "8 orders at once, 4 per process")
+        await wait_until(lambda: len(set(shop.skus())) == 40, 30, "all 40 orders")
+        for _ in range(100):  # the worker reports about every second
+            scraped = await scrape_metrics(port)
+            if scraped.get(succeeded) == 40:
+                break
+            await asyncio.sleep(0.1)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(30) == 0
+    assert scraped.get(succeeded) == 40, scraped
+    assert scraped.get(calls) == 40
