@@ -6,6 +6,7 @@
 #   make bench   the blocking- and non-blocking-queue benchmarks (+ Celery, Dramatiq)
 #   make model   check the park protocol's Promela models with SPIN (model/README.md)
 #   make fuzz    the fuzz campaign, long: 10,000 hostile items, 2,000 bad control messages
+#   make cluster-test  three local RabbitMQ nodes (5681-5683), the failover scenarios, then remove them
 #   make clean   remove the virtualenv and caches
 #
 # PYTEST_ARGS is passed to pytest, e.g. make test PYTEST_ARGS='-k parking -x'.
@@ -26,7 +27,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 CONFIG := examples/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: help venv broker browser run test check bench model fuzz clean
+.PHONY: help venv broker browser run test check bench model fuzz cluster-test clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -87,6 +88,14 @@ FUZZ_SEED ?= 20261129
 fuzz: venv broker
 	FUZZ_ITEMS=$(FUZZ_ITEMS) FUZZ_CONTROL=$(FUZZ_CONTROL) FUZZ_SEED=$(FUZZ_SEED) \
 		$(BIN)/pytest -q -s tests/e2e/test_fuzz_campaign.py
+
+# Not part of `make test`: about 4 minutes and three extra brokers (docs/cluster.md).
+# KEEP_CLUSTER=1 leaves the nodes running for the next run (`scripts/rabbitmq-cluster.sh down`).
+KEEP_CLUSTER ?=
+cluster-test: venv
+	scripts/rabbitmq-cluster.sh up >/dev/null
+	status=0; $(BIN)/pytest -m cluster tests/cluster $(PYTEST_ARGS) || status=$$?; \
+		[[ -n "$(KEEP_CLUSTER)" ]] || scripts/rabbitmq-cluster.sh down; exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

@@ -15,20 +15,23 @@ consumer goes back to matters:
 
 A lost connection (broker restart, network) closes every channel; the pool
 reconnects with back-off and places every consumer again (it reconnects even
-with no consumer to place, so that `connected` comes back).
+with no consumer to place, so that `connected` comes back). Given several
+broker URLs (nodes of one cluster), it reconnects to the next node first, round
+the list (daemon/brokers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from daemon.brokers import connect_first, scrub, where
 
 log = structlog.get_logger()
 
@@ -62,9 +65,11 @@ class ConsumerChannels:
     """Places consumers on channels and puts them back after a channel or connection loss."""
 
     def __init__(
-        self, url: str, name: str, per_channel: int, is_parked: Callable[[str], bool]
+        self, urls: Sequence[str], name: str, per_channel: int,
+        is_parked: Callable[[str], bool],
     ) -> None:
-        self._url = url
+        self._urls = tuple(urls)
+        self._at = 0  # the URL in use, or to try first
         self._name = name
         self._per_channel = per_channel
         self._is_parked = is_parked
@@ -75,6 +80,15 @@ class ConsumerChannels:
         self._recovering: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
         self.recoveries = 0  # consumer groups placed again after a loss (for tests and metrics)
+
+    @property
+    def broker(self) -> str:
+        """host:port of the node the pool uses (or tries next, while disconnected)."""
+        return where(self._urls[self._at])
+
+    def _text(self, exc: BaseException) -> str:
+        """An error for the log, with no password of the broker URLs in it."""
+        return scrub(repr(exc), self._urls)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -96,9 +110,8 @@ class ConsumerChannels:
                 await self._connection.close()
 
     async def _connect(self) -> AbstractConnection:
-        connection = await aio_pika.connect(
-            self._url, client_properties={"connection_name": self._name}
-        )
+        connection, self._at = await connect_first(self._urls, self._at, self._name)
+        log.info("broker.connected", broker=where(self._urls[self._at]), connection=self._name)
         connection.close_callbacks.add(self._on_connection_closed)
         self._connection = connection
         self.connected.set()
@@ -111,7 +124,8 @@ class ConsumerChannels:
         try:
             await self.place(consumer)
         except Exception as exc:
-            log.warning("consumer.start_failed", client_id=consumer.client_id, error=repr(exc))
+            log.warning("consumer.start_failed", client_id=consumer.client_id,
+                        error=self._text(exc))
             self._spawn_recovery([consumer])
 
     async def place(self, consumer: Placeable) -> None:
@@ -151,7 +165,10 @@ class ConsumerChannels:
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
         self.connected.clear()
         if not self._closing:
-            log.warning("connection.lost", name=self._name, reason=str(exc) if exc else None)
+            log.warning("connection.lost", name=self._name, broker=where(self._urls[self._at]),
+                        reason=self._text(exc) if exc else None)
+            # The node may be gone: try the next one first (a lone URL stays itself).
+            self._at = (self._at + 1) % len(self._urls)
         self._lose(list(self._groups), exc)
         if not self._closing and not self._recovering:
             # No consumer to place again (no clients yet): connect all the same, or
@@ -172,7 +189,8 @@ class ConsumerChannels:
             consumers += group.members
         if self._closing or not consumers:
             return
-        log.warning("channel.lost", consumers=len(consumers), reason=str(exc) if exc else None)
+        log.warning("channel.lost", consumers=len(consumers),
+                    reason=self._text(exc) if exc else None)
         self._spawn_recovery(consumers)
 
     def _spawn_recovery(self, consumers: list[Placeable]) -> None:
@@ -191,7 +209,7 @@ class ConsumerChannels:
                     if connection is None or connection.is_closed or not self.connected.is_set():
                         await self._connect()
             except Exception as exc:
-                log.info("connection.not_recovered_yet", name=self._name, error=repr(exc))
+                log.info("connection.not_recovered_yet", name=self._name, error=self._text(exc))
                 await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             else:
                 log.info("connection.recovered", name=self._name)
@@ -206,7 +224,7 @@ class ConsumerChannels:
                     await self.place(consumer)
                 except Exception as exc:
                     log.info("consumer.not_recovered_yet", client_id=consumer.client_id,
-                             error=repr(exc))
+                             error=self._text(exc))
                     pending.append(consumer)
             if not pending:
                 self.recoveries += 1

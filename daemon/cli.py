@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -27,6 +26,7 @@ import orjson
 from pydantic import ValidationError
 
 from daemon import logs
+from daemon.brokers import connect_robust, scrub, where
 from daemon.settings import ConfigFileError, Settings, load_settings
 from daemon.topology import Topology
 
@@ -140,18 +140,12 @@ def _broker_failure(exc: BaseException, settings: Settings) -> CliError:
         message, code = f"the broker refused: {exc}", 4
     else:
         message, code = f"broker unreachable at {_where(settings)}: {_reason(exc)}", 4
-    password = urlsplit(settings.amqp_url.get_secret_value()).password
-    return CliError(message.replace(password, "***") if password else message, code)
+    return CliError(scrub(message, settings.amqp_urls), code)
 
 
 def _where(settings: Settings) -> str:
-    """host:port of the broker URL (no user, no password)."""
-    try:
-        url = urlsplit(settings.amqp_url.get_secret_value())
-        port = url.port or (5671 if url.scheme == "amqps" else 5672)
-    except ValueError:
-        return "the configured URL (S2SQ_AMQP_URL is malformed)"
-    return f"{url.hostname}:{port}"
+    """host:port of each broker URL (no user, no password)."""
+    return ", ".join(where(url) for url in settings.amqp_urls)
 
 
 def _reason(exc: BaseException) -> str:
@@ -173,10 +167,7 @@ def _reason(exc: BaseException) -> str:
 
 
 async def _connect(settings: Settings) -> aio_pika.abc.AbstractRobustConnection:
-    return await aio_pika.connect_robust(
-        settings.amqp_url.get_secret_value(),
-        client_properties={"connection_name": "s2s-queue cli"}, fail_fast=True, timeout=15,
-    )
+    return await connect_robust(settings.amqp_urls, "s2s-queue cli", timeout=15)
 
 
 async def _command(settings: Settings, args: argparse.Namespace) -> int:

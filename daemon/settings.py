@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.brokers import split_urls, url_problem
 from daemon.topology import Topology
 
 
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    # One URL, or several (nodes of one cluster) separated by commas: the daemon
+    # uses one and moves to the next when it loses it (daemon/brokers.py).
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     prefix: str = Field("s2s", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     queue_type: Literal["quorum", "classic"] = "quorum"
@@ -103,6 +106,11 @@ class Settings(BaseSettings):
     # messages to the back of the queue when no limit is set. We set it high
     # and dead-letter to `<prefix>.deadletter`, where the item is kept.
     delivery_limit: int = Field(1000, ge=1)
+    # Quorum queues only: replicas of each new quorum queue (x-quorum-initial-group-size).
+    # None: the broker's default (every node of the cluster, on 3.10). Like the
+    # delivery limit, it is fixed when a queue is created: a queue declared with
+    # another value (or none) refuses the declaration (docs/cluster.md).
+    quorum_initial_group_size: int | None = Field(None, ge=1)
     # The leader snapshots the state log every this many records (bounded start-up).
     state_snapshot_every: int = Field(1000, ge=10)
     # How long the state log keeps records (seconds; default a week), and its segment
@@ -128,6 +136,16 @@ class Settings(BaseSettings):
             raise ValueError("every delay must be a finite number of seconds over 0")
         return ",".join(parts)
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_urls(cls, value: SecretStr) -> SecretStr:
+        # The message never quotes the value: it may hold a password.
+        urls = split_urls(value.get_secret_value())
+        problem = url_problem(urls)
+        if problem is not None:
+            raise ValueError(problem)
+        return SecretStr(",".join(urls))
+
     @field_validator("console_url")
     @classmethod
     def _console_url_is_http(cls, value: str | None) -> str | None:
@@ -138,7 +156,13 @@ class Settings(BaseSettings):
     def topology(self) -> Topology:
         """The broker names and arguments these settings give."""
         return Topology(self.prefix, self.queue_type, self.delivery_limit,
-                        self.state_retention, self.state_segment_bytes)
+                        self.state_retention, self.state_segment_bytes,
+                        self.quorum_initial_group_size)
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """`amqp_url` split on commas: the brokers to try, in order."""
+        return split_urls(self.amqp_url.get_secret_value())
 
     @property
     def process_count(self) -> int:

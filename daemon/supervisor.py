@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import aio_pika
 import aiohttp
 import aiormq
 import structlog
@@ -26,6 +25,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from daemon import systemd
 from daemon.blocking import BlockingConsumer
+from daemon.brokers import connect_robust
 from daemon.channels import ConsumerChannels
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
@@ -145,7 +145,7 @@ class Supervisor:
             self._connection = await stack.enter_async_context(await self._connect())
             rt = await stack.enter_async_context(self._runtime(self._connection))
             self._pool = ConsumerChannels(
-                self.settings.amqp_url.get_secret_value(), f"s2s-queue {self.replica} consumers",
+                self.settings.amqp_urls, f"s2s-queue {self.replica} consumers",
                 self.settings.consumers_per_channel, lambda c: c in rt.state.view.parked,
             )
             await self._pool.start()
@@ -187,11 +187,12 @@ class Supervisor:
                  uptime_s=round(time.monotonic() - self._started_at, 1))
 
     async def _connect(self) -> AbstractRobustConnection:
-        url = self.settings.amqp_url.get_secret_value()
-        return await aio_pika.connect_robust(
-            url, client_properties={"connection_name": f"s2s-queue {self.replica}"},
-            reconnect_interval=1,
-        )
+        """The main (robust) connection: to the first broker that answers, failing over."""
+        connection = await connect_robust(self.settings.amqp_urls, f"s2s-queue {self.replica}",
+                                          reconnect_interval=1)
+        log.info("broker.connected", broker=connection.broker,
+                 connection="main")
+        return connection
 
     @asynccontextmanager
     async def _runtime(self, connection: AbstractRobustConnection) -> AsyncIterator[Runtime]:

@@ -49,6 +49,19 @@ class Topology:
     delivery_limit: int = 1000
     state_retention_s: float = 7 * 86_400
     state_segment_bytes: int = 8_000_000
+    quorum_initial_group_size: int | None = None
+
+    def queue_type_arguments(self) -> dict[str, Any]:
+        """`x-queue-type`, and on quorum queues the replica count when one is set.
+
+        `x-quorum-initial-group-size` only applies when a queue is created, yet
+        RabbitMQ checks it on every declaration: a queue made with another
+        value (or none) refuses the declaration with PRECONDITION_FAILED.
+        """
+        args: dict[str, Any] = {"x-queue-type": self.queue_type}
+        if self.queue_type == "quorum" and self.quorum_initial_group_size is not None:
+            args["x-quorum-initial-group-size"] = self.quorum_initial_group_size
+        return args
 
     @property
     def blocking(self) -> str:
@@ -97,7 +110,7 @@ class Topology:
         (celery #9867). Quorum delay queues dead-letter at-least-once.
         """
         args: dict[str, Any] = {
-            "x-queue-type": self.queue_type,
+            **self.queue_type_arguments(),
             "x-message-ttl": round(seconds * 1000),
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": target or self.nonblocking,
@@ -112,7 +125,7 @@ class Topology:
 
     def leader_queue_arguments(self) -> dict[str, Any]:
         """Single active consumer elects the leader; heartbeats never pile up."""
-        return {"x-queue-type": self.queue_type, "x-single-active-consumer": True,
+        return {**self.queue_type_arguments(), "x-single-active-consumer": True,
                 "x-max-length": 100, "x-overflow": "drop-head"}
 
     @property
@@ -125,7 +138,7 @@ class Topology:
 
     def notify_queue_arguments(self) -> dict[str, Any]:
         """Single active consumer: one replica at a time decides (quiet periods, digests)."""
-        return {"x-queue-type": self.queue_type, "x-single-active-consumer": True}
+        return {**self.queue_type_arguments(), "x-single-active-consumer": True}
 
     def client_queue(self, client_id: str) -> str:
         """The blocking queue of one client."""
@@ -147,20 +160,17 @@ class Topology:
         its successor): the consumers never cancel while holding, they hand a
         queue over only by closing the channel.
         """
-        args: dict[str, Any] = {"x-single-active-consumer": True}
+        args: dict[str, Any] = {"x-single-active-consumer": True, **self.queue_type_arguments()}
         if self.queue_type == "quorum":
             args |= {
-                "x-queue-type": "quorum",
                 "x-delivery-limit": self.delivery_limit,
                 "x-dead-letter-exchange": self.deadletter,
             }
-        else:
-            args |= {"x-queue-type": "classic"}
         return args
 
     def shared_queue_arguments(self) -> dict[str, Any]:
         """Arguments of the durable shared queues (non-blocking, dead-letter, archive)."""
-        return {"x-queue-type": self.queue_type}
+        return self.queue_type_arguments()
 
     @staticmethod
     def unrouted_queue_arguments() -> dict[str, Any]:
@@ -203,7 +213,7 @@ class Topology:
 
     def snapshot_queue_arguments(self) -> dict[str, Any]:
         """One message: the latest snapshot; a new one pushes the old out."""
-        return {"x-queue-type": self.queue_type, "x-max-length": 1, "x-overflow": "drop-head"}
+        return {**self.queue_type_arguments(), "x-max-length": 1, "x-overflow": "drop-head"}
 
 
 def max_age(seconds: float) -> str:

@@ -46,13 +46,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import aio_pika
 import aiohttp
 import orjson
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
 from daemon import logs
+from daemon.brokers import connect_robust
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.events import Events
 from daemon.metrics import (
@@ -257,10 +257,9 @@ class PoolWorker:
         self.clients = self._read_clients()
         handlers = load_handlers()
         async with AsyncExitStack() as stack:
-            connection = await aio_pika.connect_robust(
-                self.settings.amqp_url.get_secret_value(), reconnect_interval=1,
-                client_properties={"connection_name": f"s2s-queue {self.replica}"},
-            )
+            # Fails over along S2SQ_AMQP_URL's nodes, as the main process does.
+            connection = await connect_robust(self.settings.amqp_urls,
+                                              f"s2s-queue {self.replica}", reconnect_interval=1)
             await stack.enter_async_context(connection)
             rt = await stack.enter_async_context(self._runtime(connection, handlers))
             pool = NonBlockingPool(connection, rt, Outcomes(rt))

@@ -57,6 +57,23 @@ async def test_an_unreachable_broker_is_one_line_naming_it_without_the_password(
     assert err == f"s2s-queue: broker unreachable at 127.0.0.1:{port}: connection refused\n"
 
 
+async def test_an_unreachable_cluster_is_one_line_naming_every_node_without_a_password():
+    """S2SQ_AMQP_URL lists two nodes, neither answers: exit 4, both named, no password."""
+    ports = [free_port(), free_port()]
+    urls = ",".join(f"amqp://guest:pw-s3cret-{n}@127.0.0.1:{port}/" for n, port in enumerate(ports))
+    code, out, err = await cli("status", S2SQ_AMQP_URL=urls)
+    assert (code, out) == (4, "")
+    assert err == (f"s2s-queue: broker unreachable at 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}:"
+                   " connection refused\n")
+
+
+async def test_the_cli_uses_the_second_node_when_the_first_does_not_answer(prefix, amqp):
+    """A dead first URL is skipped: the command goes through the next one."""
+    urls = f"amqp://guest:guest@127.0.0.1:{free_port()}/,{AMQP_URL}"
+    code, _out, err = await cli("clients", "add", "acme", S2SQ_AMQP_URL=urls, S2SQ_PREFIX=prefix)
+    assert (code, err) == (0, "")
+
+
 async def test_a_refused_login_is_one_line_without_the_password():
     """A wrong password: exit 4, one line; the password it tried is not in it."""
     url = AMQP_URL.replace("guest:guest@", "guest:pw-s3cret@")

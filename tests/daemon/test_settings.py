@@ -63,6 +63,7 @@ def only_error(exc: ValidationError) -> tuple[tuple[str | int, ...], str]:
         ("image_max_bytes", 10_485_760),
         ("image_dir", Path("./images")),
         ("log_format", "json"),
+        ("quorum_initial_group_size", None),
     ],
 )
 def test_every_default_is_the_one_of_spec_section_8(name, default):
@@ -116,6 +117,7 @@ def test_log_format_defaults_to_console_on_a_terminal(monkeypatch: pytest.Monkey
         ("S2SQ_IMAGE_MAX_BYTES", "200", "image_max_bytes", 200),
         ("S2SQ_IMAGE_DIR", "/var/lib/s2s/images", "image_dir", Path("/var/lib/s2s/images")),
         ("S2SQ_LOG_FORMAT", "console", "log_format", "console"),
+        ("S2SQ_QUORUM_INITIAL_GROUP_SIZE", "3", "quorum_initial_group_size", 3),
     ],
 )
 def test_an_s2sq_variable_overrides_its_default(
@@ -137,6 +139,8 @@ def test_an_s2sq_variable_overrides_its_default(
         ("S2SQ_BLOCKING_ATTEMPTS", "0", "blocking_attempts",
          "Input should be greater than or equal to 1"),
         ("S2SQ_HANDLER_TIMEOUT", "0", "handler_timeout", "Input should be greater than 0"),
+        ("S2SQ_QUORUM_INITIAL_GROUP_SIZE", "0", "quorum_initial_group_size",
+         "Input should be greater than or equal to 1"),
     ],
 )
 def test_a_bad_value_in_the_environment_is_an_error_naming_the_setting(
@@ -319,6 +323,54 @@ def test_settings_are_frozen():
 def test_settings_can_be_built_directly_with_the_defaults():
     """`Settings()` is what `load_settings()` gives without a file."""
     assert Settings() == load_settings()
+
+
+def test_a_list_of_amqp_urls_is_read_in_order_spaces_and_empty_entries_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """S2SQ_AMQP_URL may name the nodes of one cluster, comma-separated (SPEC section 9)."""
+    monkeypatch.setenv("S2SQ_AMQP_URL", " amqp://u:p@n1:5681/ ,amqp://u:p@n2:5682/,, "
+                                        "amqps://u:p@n3/v ")
+    settings = load_settings()
+    assert settings.amqp_urls == ("amqp://u:p@n1:5681/", "amqp://u:p@n2:5682/",
+                                  "amqps://u:p@n3/v")
+    assert plain(settings.amqp_url) == ",".join(settings.amqp_urls)
+
+
+def test_a_single_amqp_url_is_a_list_of_one():
+    """The default, one local broker, is a list of one URL."""
+    assert load_settings().amqp_urls == ("amqp://guest:guest@127.0.0.1:5672/",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "Value error, needs at least one amqp:// or amqps:// URL"),
+        (" , ", "Value error, needs at least one amqp:// or amqps:// URL"),
+        ("http://u:S3CRET@n1/", "Value error, the URL does not start with amqp:// or amqps://"),
+        ("amqp://u:S3CRET@n1/,n2:5672",
+         "Value error, URL 2 of 2 does not start with amqp:// or amqps://"),
+        ("amqp://u:S3CRET@n1:port/", "Value error, the URL is malformed (bad port?)"),
+        ("amqp://u:S3CRET@/", "Value error, the URL has no host"),
+    ],
+)
+def test_a_bad_amqp_url_list_is_refused_without_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, text, message
+):
+    """The message says which URL and why, never the URL itself: it may hold a password."""
+    monkeypatch.setenv("S2SQ_AMQP_URL", text)
+    with pytest.raises(ValidationError) as info:
+        load_settings()
+    assert only_error(info.value) == (("amqp_url",), message)
+    assert "S3CRET" not in only_error(info.value)[1]
+
+
+def test_several_amqp_urls_stay_hidden_by_the_settings(monkeypatch: pytest.MonkeyPatch):
+    """No password of any node shows in the settings' repr."""
+    monkeypatch.setenv("S2SQ_AMQP_URL", "amqp://d:PW-ONE@n1/,amqp://d:PW-TWO@n2/")
+    shown = repr(load_settings())
+    assert "PW-ONE" not in shown
+    assert "PW-TWO" not in shown
 
 
 @pytest.mark.parametrize(

@@ -96,3 +96,32 @@ def test_the_defaults_are_quorum_with_a_limit_of_1000():
     """SPEC §1: quorum is the default queue type."""
     topo = Topology("s2s")
     assert (topo.queue_type, topo.delivery_limit) == ("quorum", 1000)
+
+
+def test_without_a_group_size_the_broker_chooses_the_replicas():
+    """Unset (the default), no quorum queue carries x-quorum-initial-group-size."""
+    topo = Topology("s2s")
+    every = [topo.client_queue_arguments(), topo.shared_queue_arguments(),
+             topo.delay_queue_arguments(10), topo.leader_queue_arguments(),
+             topo.notify_queue_arguments(), topo.snapshot_queue_arguments()]
+    assert not [args for args in every if "x-quorum-initial-group-size" in args]
+
+
+def test_the_group_size_goes_on_every_quorum_queue():
+    """S2SQ_QUORUM_INITIAL_GROUP_SIZE: client, shared, delay, leader, notify and snapshot queues."""
+    topo = Topology("s2s", quorum_initial_group_size=3)
+    every = [topo.client_queue_arguments(), topo.shared_queue_arguments(),
+             topo.delay_queue_arguments(10), topo.leader_queue_arguments(),
+             topo.notify_queue_arguments(), topo.snapshot_queue_arguments()]
+    assert [args["x-quorum-initial-group-size"] for args in every] == [3] * 6
+
+
+def test_the_group_size_is_not_sent_for_classic_queues_or_the_stream():
+    """Classic queues have no replicas; the stream and the unrouted queues are left alone."""
+    topo = Topology("s2s", "classic", quorum_initial_group_size=3)
+    assert topo.client_queue_arguments() == {"x-queue-type": "classic",
+                                             "x-single-active-consumer": True}
+    quorum = Topology("s2s", quorum_initial_group_size=3)
+    for args in (quorum.state_stream_arguments(), quorum.unrouted_queue_arguments(),
+                 quorum.unrouted_watch_arguments()):
+        assert "x-quorum-initial-group-size" not in args
