@@ -243,24 +243,30 @@ async def test_replay_is_right_after_retention_deleted_everything_before_the_sna
         await writer.stop()
 
 
-async def test_a_pointer_to_a_missing_snapshot_falls_back_to_a_full_replay(amqp: Broker):
-    """Something else in the snapshot queue (or a snapshot gone): start-up reads everything."""
+async def _replay_with_pointer(amqp: Broker, pointer: dict[str, object]) -> None:
+    """A writer's history and `pointer` in the snapshot queue: a new reader starts (in 30 s)
+    and builds the writer's view."""
     writer = StateLog(amqp.connection, amqp.topo, "writer")
     await writer.start()
     try:
         await _history(writer, clients=3, rounds=3)
         async with amqp.connection.channel(publisher_confirms=True) as channel:
-            pointer = {"snapshot": "nowhere", "covers": 2, "from": 0, "parts": 3}
             await channel.default_exchange.publish(
                 aio_pika.Message(orjson.dumps(pointer)), routing_key=amqp.topo.state_snapshot)
         reader = StateLog(amqp.connection, amqp.topo, "reader")
-        await reader.start()
+        await asyncio.wait_for(reader.start(), 30)
         try:
             assert reader.view == writer.view
         finally:
             await reader.stop()
     finally:
         await writer.stop()
+
+
+async def test_a_pointer_to_a_missing_snapshot_falls_back_to_a_full_replay(amqp: Broker):
+    """Something else in the snapshot queue (or a snapshot gone): start-up reads everything."""
+    await _replay_with_pointer(amqp, {"snapshot": "nowhere", "covers": 2, "from": 0,
+                                      "parts": 3})
 
 
 async def test_a_pointer_beyond_the_end_of_a_replaced_stream_falls_back_to_a_full_replay(
@@ -270,23 +276,9 @@ async def test_a_pointer_beyond_the_end_of_a_replaced_stream_falls_back_to_a_ful
     start-up reads the new stream from its first record instead of waiting, forever, for
     an offset it will not reach (found by bench/admin.py, issue 17)."""
     monkeypatch.setattr("daemon.state.POINTER_PATIENCE", 2.0)
-    writer = StateLog(amqp.connection, amqp.topo, "writer")
-    await writer.start()
-    try:
-        await _history(writer, clients=3, rounds=3)
-        async with amqp.connection.channel(publisher_confirms=True) as channel:
-            pointer = {"snapshot": "old", "covers": 1_000_000, "from": 1_000_001, "parts": 2}
-            await channel.default_exchange.publish(
-                aio_pika.Message(orjson.dumps(pointer)), routing_key=amqp.topo.state_snapshot)
-        reader = StateLog(amqp.connection, amqp.topo, "reader")
-        with capture_logs() as logs:
-            await asyncio.wait_for(reader.start(), 30)
-        try:
-            assert reader.view == writer.view
-        finally:
-            await reader.stop()
-    finally:
-        await writer.stop()
+    with capture_logs() as logs:
+        await _replay_with_pointer(amqp, {"snapshot": "old", "covers": 1_000_000,
+                                          "from": 1_000_001, "parts": 2})
     [error] = [e for e in logs if e["event"] == "state.pointer_beyond_stream"]
     assert error["error"] == (
         f"the snapshot pointer in {amqp.topo.state_snapshot!r} names offset 1000001, but the"
