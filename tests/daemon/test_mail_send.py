@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import pytest
 
 from daemon import mail
@@ -19,13 +23,20 @@ def settings(port: int, **kw) -> Settings:
                     _env_file=None, **kw)
 
 
-async def test_a_mail_arrives_with_both_parts_and_every_recipient():
-    sink = MailSink()
+@contextmanager
+def running_sink(**kw: Any) -> Iterator[MailSink]:
+    """A real SMTP server on loopback for the block (aiosmtpd), stopped after it."""
+    sink = MailSink(**kw)
     sink.start()
     try:
-        await mail.send(MAIL, settings(sink.port))
+        yield sink
     finally:
         sink.stop()
+
+
+async def test_a_mail_arrives_with_both_parts_and_every_recipient():
+    with running_sink() as sink:
+        await mail.send(MAIL, settings(sink.port))
     [got] = sink.mails
     assert sorted(got.rcpt) == ["admin@s2s.example", "ops@acme.example"]
     assert got.sender == "s2s@x.example"
@@ -34,25 +45,15 @@ async def test_a_mail_arrives_with_both_parts_and_every_recipient():
 
 
 async def test_login_is_used_when_a_username_is_set():
-    sink = MailSink(password=PASSWORD)
-    sink.start()
-    try:
+    with running_sink(password=PASSWORD) as sink:
         await mail.send(MAIL, settings(sink.port, smtp_username="s2s", smtp_password=PASSWORD))
-    finally:
-        sink.stop()
     assert sink.logins == [("s2s", PASSWORD)]
     assert len(sink.mails) == 1
 
 
 async def test_a_wrong_password_is_an_error_that_does_not_show_it():
-    sink = MailSink(password="the-right-one")
-    sink.start()
-    try:
-        with pytest.raises(mail.MailError) as caught:
-            await mail.send(MAIL, settings(sink.port, smtp_username="s2s",
-                                           smtp_password=PASSWORD))
-    finally:
-        sink.stop()
+    with running_sink(password="the-right-one") as sink, pytest.raises(mail.MailError) as caught:
+        await mail.send(MAIL, settings(sink.port, smtp_username="s2s", smtp_password=PASSWORD))
     assert PASSWORD not in str(caught.value)
     assert str(caught.value).startswith("SMTP 535")
     assert sink.mails == []
@@ -72,12 +73,8 @@ async def test_a_subject_with_a_line_break_is_sent_as_one_line_without_the_added
     after the line break stays in the subject instead of becoming a Bcc header."""
     evil = mail.Mail(("ops@acme.example",), (), "Parked: SKU EVIL\r\nBcc: someone@example.com",
                      "text body", "", "parked:acme:m2:t")
-    sink = MailSink()
-    sink.start()
-    try:
+    with running_sink() as sink:
         await mail.send(evil, settings(sink.port))
-    finally:
-        sink.stop()
     [got] = sink.mails
     assert got.subject == "Parked: SKU EVIL Bcc: someone@example.com"
     assert got.message["Bcc"] is None
