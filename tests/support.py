@@ -268,6 +268,23 @@ class Broker:
                          f"{count} × {event} for {client} (got {self.named(event, client)})")
         return self.named(event, client)
 
+    async def declare_and_tap(self, tap: str = "") -> None:
+        """Declare the topology and collect every event in `events`, through an exclusive
+        queue (`tap`: its name; a robust channel on a cluster declares it again by name,
+        which a server-named one cannot be)."""
+        async with self.connection.channel() as setup:
+            from daemon.topology import declare_topology
+            await declare_topology(setup, self.topo)
+        channel = await self.connection.channel()
+        queue = await channel.declare_queue(tap, exclusive=True, auto_delete=True,
+                                            durable=False)
+        await queue.bind(self.topo.events, routing_key="#")
+
+        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            self.events.append(orjson.loads(message.body))
+
+        await queue.consume(on_event, no_ack=True)
+
     async def queue_messages(self, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Every message in a queue (browsed and handed back)."""
         out = []
@@ -285,17 +302,7 @@ async def broker(prefix: str) -> AsyncIterator[Broker]:
         AMQP_URL, client_properties={"connection_name": f"test {prefix}"}, reconnect_interval=1)
     b = Broker(connection, topo)
     try:
-        async with connection.channel() as setup:
-            from daemon.topology import declare_topology
-            await declare_topology(setup, topo)
-        channel = await connection.channel()
-        tap = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        await tap.bind(topo.events, routing_key="#")
-
-        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            b.events.append(orjson.loads(message.body))
-
-        await tap.consume(on_event, no_ack=True)
+        await b.declare_and_tap()
         yield b
     finally:
         await purge(connection, topo)

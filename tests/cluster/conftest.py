@@ -15,13 +15,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import aio_pika
-import orjson
 import pytest
 from aiohttp import web
 
 from daemon.brokers import FailoverConnection, connect_robust, where
-from daemon.topology import Topology, declare_topology
+from daemon.topology import Topology
 from tests.support import ROOT, Broker, FakeShop, purge, serve
 
 SCRIPT = ROOT / "scripts" / "rabbitmq-cluster.sh"
@@ -116,19 +114,7 @@ async def cluster_broker(prefix: str, cluster: Cluster) -> AsyncIterator[Broker]
                                                           timeout=10)
     b = Broker(connection, topo)
     try:
-        async with connection.channel() as setup:
-            await declare_topology(setup, topo)
-        channel = await connection.channel()
-        # Named, not server-named: a robust channel declares it again on the next node,
-        # and a server-named (amq.gen-*) queue cannot be declared by name.
-        tap = await channel.declare_queue(f"{prefix}.test-tap", exclusive=True,
-                                          auto_delete=True, durable=False)
-        await tap.bind(topo.events, routing_key="#")
-
-        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            b.events.append(orjson.loads(message.body))
-
-        await tap.consume(on_event, no_ack=True)
+        await b.declare_and_tap(f"{prefix}.test-tap")  # named: declared again on the next node
         yield b
     finally:
         await cluster.up()  # a node the test stopped or killed comes back first
