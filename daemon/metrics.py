@@ -230,24 +230,13 @@ class _Snapshot(Collector):
             yield depth
 
     def _notifications(self) -> Iterator[Metric]:
-        jobs = CounterMetricFamily(
-            "s2s_notification_jobs", "Notifications queued by this daemon, by kind "
-            "(parked, failed, resumed).", labels=["job"])
-        for job, value in sorted(self._jobs.items()):
-            jobs.add_metric([job], value)
-        yield jobs
-        deliveries = CounterMetricFamily(
-            "s2s_notification_deliveries", "Mails and webhooks by outcome "
-            "(sent, retried, given_up).", labels=["channel", "outcome"])
-        for (channel, outcome), value in sorted(self._deliveries.items()):
-            deliveries.add_metric([channel, outcome], value)
-        yield deliveries
-        failures = CounterMetricFamily(
-            "s2s_notification_failures", "Notifications given up because a step crashed on "
-            "them (a job that cannot be built), by step (decide, send).", labels=["step"])
-        for step, value in sorted(self._failures.items()):
-            failures.add_metric([step], value)
-        yield failures
+        yield _counters("s2s_notification_jobs", "Notifications queued by this daemon, by"
+                        " kind (parked, failed, resumed).", ["job"], self._jobs)
+        yield _counters("s2s_notification_deliveries", "Mails and webhooks by outcome "
+                        "(sent, retried, given_up).", ["channel", "outcome"], self._deliveries)
+        yield _counters("s2s_notification_failures", "Notifications given up because a step"
+                        " crashed on them (a job that cannot be built), by step (decide,"
+                        " send).", ["step"], self._failures)
         if self._gauges.backlog is not None:
             yield GaugeMetricFamily(
                 "s2s_notification_backlog", "Notifications waiting in the broker: to decide, "
@@ -294,3 +283,12 @@ async def render(supervisor: Supervisor, depths: DepthCache) -> bytes:
     registry.register(_Snapshot(gauges, dict(outbox.jobs), dict(outbox.deliveries),
                                 dict(outbox.failures)))
     return generate_latest(registry)
+
+
+def _counters(name: str, doc: str, labels: list[str],
+              values: Mapping[str, int] | Mapping[tuple[str, str], int]) -> Metric:
+    """One counter family, a sample per key (a label value, or a tuple of them), sorted."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric([key] if isinstance(key, str) else list(key), value)
+    return family
