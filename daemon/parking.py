@@ -141,6 +141,10 @@ class Parking:
         # replica may have been the active consumer (and claimed or parked something).
         self._fresh = True
         self._stopping = False
+        # A hand-over (daemon.replicas): new deliveries wait, unrun, until it ends.
+        self._unheld = asyncio.Event()
+        self._unheld.set()
+        self._placement = 0  # counts channel losses: a delivery waiting on a hold checks it
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -188,6 +192,27 @@ class Parking:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    def hold(self) -> None:
+        """Start nothing new until `unhold` (or the channel closes): for a hand-over.
+
+        A delivery that arrives meanwhile waits unrun in its callback; closing
+        the channel hands it back to the head of the queue (redelivered, in
+        order), `unhold` lets it run here. A run already going on goes on:
+        `wait_idle` says when it is over.
+        """
+        self._unheld.clear()
+
+    def unhold(self) -> None:
+        """End a hold: waiting deliveries go on, and an item held by it runs."""
+        if self._unheld.is_set():
+            return
+        self._unheld.set()
+        self.on_resumed()
+
+    @property
+    def holding(self) -> bool:
+        return not self._unheld.is_set()
+
     def cancel_running(self) -> None:
         """Interrupt a run (shutdown timeout); the item is redelivered later."""
         for task in self._runs:
@@ -204,6 +229,7 @@ class Parking:
         self._park = None
         self._epoch = None
         self._fresh = True
+        self._placement += 1
         self._phase = Phase.IDLE
         for task in self._runs:
             if task is not asyncio.current_task():
@@ -213,6 +239,11 @@ class Parking:
 
     async def take(self, delivery: Delivery) -> None:
         """Decide the fate of a delivery at the head (runs in its callback task)."""
+        if self.holding:  # a hand-over: wait, unrun; if the channel closes, it goes back
+            placement = self._placement
+            await self._unheld.wait()
+            if placement != self._placement:
+                return  # its channel closed meanwhile: the tag is void, the broker has it
         if self.busy:
             # The run on a channel since closed is still unwinding: never two at once.
             log.info("item.waiting_for_previous_run", client_id=self.scope,
@@ -447,6 +478,9 @@ class Parking:
     def _check(self, message_id: str | None) -> tuple[Delivery, Parked]:
         """The held delivery and its park, if this replica holds the named parked item."""
         park, head = self._park, self._head
+        if self.holding:
+            raise OperationError(f"client {self.scope!r} is being handed to another replica"
+                                 " right now; try again in a few seconds")
         if self._phase is Phase.RUNNING and park is not None:
             raise OperationError(f"the parked item {park.message_id!r} of client "
                                  f"{self.scope!r} is being retried or skipped right now")
@@ -580,6 +614,9 @@ class Parking:
 
     def _start_held(self, delivery: Delivery) -> None:
         """Run the held item in a task of ours (after a resume, or a skip of a gone park)."""
+        if self.holding:  # a hand-over: runs at `unhold`, or goes back with the channel
+            self._phase = Phase.PAUSED
+            return
         if self._stopping or self.paused:
             self._phase = Phase.PAUSED if self.paused else Phase.IDLE
             return

@@ -391,6 +391,31 @@ class ParkingMachine(RuleBasedStateMachine):
         self._inside(self.parkings[replica].channel_lost)
         self._settle()
 
+    @precondition(lambda self: self.losses < 4)
+    @rule(replica=st.integers(0, REPLICAS - 1))
+    def hand_over_begins(self, replica: int) -> None:
+        """daemon.replicas moves the client's line: new deliveries wait unrun (`hold`)."""
+        self._inside(self.parkings[replica].hold)
+        self._settle()
+
+    @precondition(lambda self: any(p.holding for p in self.parkings))
+    @rule(data=st.data())
+    def hand_over_ends(self, data: st.DataObject) -> None:
+        """The pool's cycle: close the channel if the consumer is idle and holds no park,
+        else give up; either way the hold ends (daemon.channels.ConsumerChannels.cycle)."""
+        replica = data.draw(st.sampled_from(
+            [r for r, p in enumerate(self.parkings) if p.holding]))
+        parking = self.parkings[replica]
+        if not parking.busy and not parking.holds_park:
+            self.losses += 1
+            self.world.lose_channel(replica)
+            task = self.takes.pop(replica, None)
+            if task is not None:
+                task.cancel()
+            self._inside(parking.channel_lost)
+        self._inside(parking.unhold)
+        self._settle()
+
     @precondition(lambda self: self.crashes < 2)
     @rule(replica=st.integers(0, REPLICAS - 1))
     def kill_9(self, replica: int) -> None:
@@ -479,7 +504,10 @@ class ParkingMachine(RuleBasedStateMachine):
             if delivery.generation != self.world.generation[replica]:
                 continue
             parking = self.parkings[replica]
-            assert parking.busy or parking.phase in (Phase.PARKED, Phase.PAUSED), (
+            # A hold owns what arrives meanwhile: it runs at unhold or goes back with the channel.
+            owned = parking.busy or parking.holding or parking.phase in (Phase.PARKED,
+                                                                         Phase.PAUSED)
+            assert owned, (
                 f"replica {replica} holds {delivery.message_id} with no owner ({parking!r})")
 
     @invariant()
