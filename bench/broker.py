@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -56,6 +57,32 @@ def listed(kind: str, prefix: str) -> set[str]:
         capture_output=True, text=True, check=False, timeout=120,
     )
     return {n for n in out.stdout.split() if n.startswith(f"{prefix}.")}
+
+
+def active_consumers(queue_prefix: str) -> dict[str, str]:
+    """{queue: connection name of its single active consumer} for queues named
+    `queue_prefix`..., from rabbitmqctl (the management plugin may be off; a
+    listing that races a queue's deletion elsewhere on the broker is asked again)."""
+    def table(*args: str) -> list[list[str]]:
+        out = ""
+        for attempt in range(10):
+            done = subprocess.run(["rabbitmqctl", "-q", "--no-table-headers", *args],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            out = done.stdout + done.stderr
+            if done.returncode == 0 and "badrpc" not in done.stdout:
+                return [line.split("\t") for line in done.stdout.splitlines() if line]
+            time.sleep(0.2 * (attempt + 1))
+        raise RuntimeError(f"rabbitmqctl {args[0]} kept failing: {out[-500:]}")
+
+    consumers = table("list_consumers", "queue_name", "channel_pid", "active")
+    channels = dict(table("list_channels", "pid", "connection"))
+    names = {}
+    for pid, properties in table("list_connections", "pid", "client_properties"):
+        found = re.search(r'\{"connection_name","([^"]*)"\}', properties)
+        names[pid] = found.group(1) if found else ""
+    return {queue: names.get(channels.get(channel, ""), "")
+            for queue, channel, active in consumers
+            if queue.startswith(queue_prefix) and active == "true"}
 
 
 async def delete_everything(

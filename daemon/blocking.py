@@ -86,6 +86,16 @@ class BlockingConsumer:
     def begin_stop(self) -> None:
         self.parking.begin_stop()
 
+    @property
+    def holds_park(self) -> bool:
+        return self.parking.holds_park
+
+    def hold(self) -> None:
+        self.parking.hold()
+
+    def unhold(self) -> None:
+        self.parking.unhold()
+
     async def wait_idle(self) -> None:
         await self.parking.wait_idle()
 

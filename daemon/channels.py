@@ -18,6 +18,12 @@ reconnects with back-off and places every consumer again (it reconnects even
 with no consumer to place, so that `connected` comes back). Given several
 broker URLs (nodes of one cluster), it reconnects to the next node first, round
 the list (daemon/brokers.py).
+
+With several replicas (docs/replicas.md), groups also carry a *label*: the
+replica each member's client prefers, when the group was opened
+(`daemon.replicas`). A group only ever holds clients of one label, so that
+`cycle` — hold, wait until idle, close, place again at the back of each
+queue's line of consumers — moves exactly the clients that should move.
 """
 
 from __future__ import annotations
@@ -50,6 +56,28 @@ class Placeable(Protocol):
 
     def channel_lost(self) -> None: ...
 
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def holds_park(self) -> bool: ...
+
+    def hold(self) -> None: ...
+
+    def unhold(self) -> None: ...
+
+    async def wait_idle(self) -> None: ...
+
+
+class Lines(Protocol):
+    """Which replica a client prefers, and what a group's replica knew when it opened."""
+
+    def label(self, client_id: str) -> str: ...
+
+    def stamp(self) -> Any: ...
+
+    def placed(self, label: str) -> None: ...
+
 
 @dataclass(eq=False)
 class Group:
@@ -59,6 +87,8 @@ class Group:
     parked: bool
     members: list[Placeable] = field(default_factory=list)
     lost: bool = False
+    label: str = ""  # the replica its clients prefer (daemon.replicas); "" with one replica
+    stamp: Any = None  # what `Lines.stamp` said when it opened
 
 
 class ConsumerChannels:
@@ -66,13 +96,14 @@ class ConsumerChannels:
 
     def __init__(
         self, urls: Sequence[str], name: str, per_channel: int,
-        is_parked: Callable[[str], bool],
+        is_parked: Callable[[str], bool], lines: Lines | None = None,
     ) -> None:
         self._urls = tuple(urls)
         self._at = 0  # the URL in use, or to try first
         self._name = name
         self._per_channel = per_channel
         self._is_parked = is_parked
+        self._lines = lines
         self._connection: AbstractConnection | None = None
         self._groups: list[Group] = []
         self._lock = asyncio.Lock()
@@ -131,8 +162,9 @@ class ConsumerChannels:
     async def place(self, consumer: Placeable) -> None:
         """Start `consumer` on a channel of the right kind (parked or busy)."""
         parked = self._is_parked(consumer.client_id)
+        label = self._lines.label(consumer.client_id) if self._lines is not None else ""
         async with self._lock:
-            group = await self._group_with_room(parked)
+            group = await self._group_with_room(parked, label)
             group.members.append(consumer)
         try:
             await consumer.start(group.channel)
@@ -140,10 +172,13 @@ class ConsumerChannels:
             with contextlib.suppress(ValueError):
                 group.members.remove(consumer)
             raise
+        if self._lines is not None:
+            self._lines.placed(group.label)
 
-    async def _group_with_room(self, parked: bool) -> Group:
+    async def _group_with_room(self, parked: bool, label: str = "") -> Group:
         for group in reversed(self._groups):
-            usable = not group.lost and not group.channel.is_closed and group.parked == parked
+            usable = (not group.lost and not group.channel.is_closed
+                      and group.parked == parked and group.label == label)
             if usable and len(group.members) < self._per_channel:
                 return group
         connection = self._connection
@@ -151,11 +186,54 @@ class ConsumerChannels:
             connection = await self._connect()
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=1)  # per consumer: strict FIFO
-        group = Group(channel, parked)
+        group = Group(channel, parked, label=label,
+                      stamp=self._lines.stamp() if self._lines is not None else None)
         channel.close_callbacks.add(lambda _sender, exc: self._on_channel_closed(group, exc))
         self._groups.append(group)
         log.debug("channel.opened", parked=parked, channels=len(self._groups))
         return group
+
+    # -- handing clients over (daemon.replicas) -------------------------------------
+
+    @property
+    def groups(self) -> list[Group]:
+        """The groups in use now (a copy)."""
+        return [g for g in self._groups if not g.lost]
+
+    async def cycle(self, group: Group, patience: float) -> bool:
+        """Close `group`'s channel once its consumers are idle and place them again.
+
+        Each consumer goes to the back of its queue's line: a standby stays a
+        standby, an active one hands its queue to the next in line. Nothing is
+        cut: new deliveries wait unrun (`hold`) until the channel closes, which
+        hands them back at the head; a run going on is waited for. If one is
+        still busy after `patience` seconds, or a consumer holds a park (a park
+        never moves for balance), the hold ends and nothing changes: False.
+        """
+        members = list(group.members)
+        for consumer in members:
+            consumer.hold()
+        try:
+            waits = [asyncio.ensure_future(c.wait_idle()) for c in members if c.busy]
+            if waits:
+                _, pending = await asyncio.wait(waits, timeout=patience)
+                for fut in pending:
+                    fut.cancel()
+            if group.lost or any(c.busy or c.holds_park for c in members):
+                return False
+            group.lost = True  # ours to close: `_lose` leaves it alone
+            with contextlib.suppress(ValueError):
+                self._groups.remove(group)
+            with contextlib.suppress(Exception):
+                await group.channel.close()
+            for consumer in members:
+                consumer.channel_lost()
+        finally:
+            for consumer in members:
+                consumer.unhold()
+        log.info("channel.cycled", label=group.label, consumers=len(members))
+        await self._recover(members, counted=False)
+        return True
 
     # -- recovery --------------------------------------------------------------------
 
@@ -215,8 +293,11 @@ class ConsumerChannels:
                 log.info("connection.recovered", name=self._name)
                 return
 
-    async def _recover(self, consumers: list[Placeable]) -> None:
-        """Place each consumer again, retrying with back-off until the broker takes it."""
+    async def _recover(self, consumers: list[Placeable], *, counted: bool = True) -> None:
+        """Place each consumer again, retrying with back-off until the broker takes it.
+
+        `counted`: a loss (False: a cycle, which is no loss) for `recoveries` and the log.
+        """
         for attempt in range(1_000_000):
             pending = []
             for consumer in consumers:
@@ -227,8 +308,9 @@ class ConsumerChannels:
                              error=self._text(exc))
                     pending.append(consumer)
             if not pending:
-                self.recoveries += 1
-                log.info("channel.recovered", consumers=len(consumers))
+                if counted:
+                    self.recoveries += 1
+                    log.info("channel.recovered", consumers=len(consumers))
                 return
             consumers = pending
             await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # Consumers grouped on one channel: a channel error (consumer_timeout, say)
     # takes every consumer on it down, so this bounds the blast radius.
     consumers_per_channel: int = Field(100, ge=1, le=2000)
+    # Start-up waits this long to hear the other replicas before it places its
+    # consumers, preferred clients first (docs/replicas.md). 0: do not wait (one
+    # replica; the replicas then sort the lines out after start-up).
+    replica_settle: float = Field(1.5, ge=0, le=60)
     # Quorum queues only. RabbitMQ 3.10 has no limit (a poison message loops
     # forever); 4.x defaults to 20 and then drops the message, and returns
     # messages to the back of the queue when no limit is set. We set it high

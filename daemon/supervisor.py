@@ -39,6 +39,7 @@ from daemon.operations import OperationError, Operations
 from daemon.outbox import Outbox
 from daemon.outcomes import Outcomes
 from daemon.records import Record, Registered, Resumed
+from daemon.replicas import Replicas
 from daemon.runtime import Runtime
 from daemon.settings import Settings
 from daemon.state import StateLog
@@ -78,6 +79,7 @@ class Supervisor:
         self._nonblocking: NonBlockingPool | None = None
         self._workers: WorkerProcesses | None = None
         self._leadership: Leadership | None = None
+        self._replicas: Replicas | None = None
         self._rt: Runtime | None = None
         self._outcomes: Outcomes | None = None
         self._failed: FailedStore | None = None
@@ -143,14 +145,22 @@ class Supervisor:
         self._handlers = load_handlers()  # a broken plug-in stops us before we connect
         async with AsyncExitStack() as stack:
             self._connection = await stack.enter_async_context(await self._connect())
+            # Before the state log's replay, so that hearing the others overlaps it.
+            replicas = self._replicas = Replicas(self._connection, self.topo, self.replica,
+                                                 self.settings.replica_settle)
+            await replicas.start()
+            stack.push_async_callback(replicas.stop)
             rt = await stack.enter_async_context(self._runtime(self._connection))
             self._pool = ConsumerChannels(
                 self.settings.amqp_urls, f"s2s-queue {self.replica} consumers",
                 self.settings.consumers_per_channel, lambda c: c in rt.state.view.parked,
+                lines=replicas,
             )
             await self._pool.start()
             stack.push_async_callback(self._pool.close)
+            await replicas.settled()
             await self._start_consumers(rt.state.view.clients | set(self.clients))
+            replicas.watch(self._pool)
             nonblocking = self._nonblocking = NonBlockingPool(self._connection, rt,
                                                               self.outcomes)
             await nonblocking.start()
@@ -180,6 +190,7 @@ class Supervisor:
             self.ready = False
             systemd.notify("STOPPING=1")
             await control.stop()
+            await replicas.stop()  # no hand-over while draining
             nonblocking.begin_stop()
             await asyncio.gather(self._drain(), nonblocking.drain(self.settings.shutdown_timeout),
                                  workers.stop())
@@ -316,7 +327,15 @@ class Supervisor:
         return created
 
     async def _start_consumers(self, client_ids: Iterable[str]) -> None:
-        todo = sorted(set(client_ids) - set(self.consumers))
+        """Consume the clients' queues: those this replica prefers first, then the others
+        (docs/replicas.md), so that it is first in line where it should be active."""
+        assert self._replicas is not None
+        mine, others = self._replicas.split(sorted(set(client_ids) - set(self.consumers)))
+        await self._place_all(mine)
+        self._replicas.announce()
+        await self._place_all(others)
+
+    async def _place_all(self, todo: list[str]) -> None:
         limit = asyncio.Semaphore(STARTUP_CONCURRENCY)
 
         async def one(client_id: str) -> None:

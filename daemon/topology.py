@@ -22,6 +22,8 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.deadletter`             | fanout exchange + queue: items over the delivery limit  |
 | `<p>.leader`                 | queue, single active consumer: elects the replica that  |
 |                              | answers control messages no single replica owns         |
+| `<p>.replicas`               | fanout exchange: every replica's beat (daemon/replicas) |
+| `<p>.replicas.<replica>`     | exclusive queue: where one replica hears the beats      |
 | `<p>.notify`                 | queue, single active consumer: notifications to decide  |
 |                              | (park, failure, resume, digest due)                     |
 | `<p>.notify.delay.<N>ms`     | the digest window: TTL N ms, dead-letters to the above  |
@@ -127,6 +129,10 @@ class Topology:
         """Single active consumer elects the leader; heartbeats never pile up."""
         return {**self.queue_type_arguments(), "x-single-active-consumer": True,
                 "x-max-length": 100, "x-overflow": "drop-head"}
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.prefix}.replicas"
 
     @property
     def notify(self) -> str:

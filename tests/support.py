@@ -24,11 +24,14 @@ import orjson
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
+from bench.broker import active_consumers
 from daemon.producer import DIRECT_REPLY_TO, Producer, item_message, send_control
 from daemon.settings import Settings
 from daemon.state import StateLog
 from daemon.supervisor import Supervisor
 from daemon.topology import Topology
+
+__all__ = ["active_consumers"]  # and the rest; re-exported from bench.broker for the tests
 
 AMQP_URL = os.environ.get("S2SQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,7 +333,7 @@ async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
             with suppress(Exception):
                 await channel.queue_delete(name)
     for name in (topo.blocking, topo.unrouted, topo.nonblocking, topo.control, topo.events,
-                 topo.deadletter):
+                 topo.deadletter, topo.replicas):
         async with connection.channel() as channel:
             with suppress(Exception):
                 await channel.exchange_delete(name)
@@ -356,7 +359,7 @@ def settings_for(prefix: str, tmp: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "amqp_url": AMQP_URL, "prefix": prefix, "http_port": 0, "admin_token": "admin-token",
         "blocking_backoff": 0.05, "handler_timeout": 5.0, "shutdown_timeout": 5.0,
-        "succeeded_events": True,
+        "succeeded_events": True, "replica_settle": 0.0,
         "log_format": "json", "image_dir": tmp / "images",
     }
     values.update(overrides)
@@ -443,7 +446,7 @@ def env_with_clients(prefix: str, tmp_path: Path, shop: FakeShop, clients: list[
 def daemon_env(prefix: str, **extra: str) -> dict[str, str]:
     env = {"S2SQ_AMQP_URL": AMQP_URL, "S2SQ_PREFIX": prefix, "S2SQ_HTTP_PORT": "0",
            "S2SQ_LOG_FORMAT": "json", "S2SQ_BLOCKING_BACKOFF": "0.05",
-           "S2SQ_SUCCEEDED_EVENTS": "true",
+           "S2SQ_SUCCEEDED_EVENTS": "true", "S2SQ_REPLICA_SETTLE": "0",
            "S2SQ_SHUTDOWN_TIMEOUT": "10"}
     env.update(extra)
     return env
