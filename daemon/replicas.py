@@ -104,6 +104,8 @@ class Replicas:
         self._dirty = False  # we placed a preferred consumer since the last beat
         self._started = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._moving: asyncio.Task[None] | None = None
+        self._closing = False
         self._pool: Pool | None = None
         self._wake = asyncio.Event()
         self.cycles = 0  # groups sent to the back of their lines (tests, logs)
@@ -135,10 +137,19 @@ class Replicas:
     def watch(self, pool: Pool) -> None:
         """Start moving `pool`'s groups to the back of their lines when they should."""
         self._pool = pool
-        self._tasks.append(asyncio.ensure_future(self._rebalance()))
+        self._moving = asyncio.ensure_future(self._rebalance())
 
     async def stop(self) -> None:
-        """Stop moving groups and beating; tell the others we are gone."""
+        """Stop moving groups (a move under way ends first) and beating; say we are gone."""
+        self._closing = True
+        moving, self._moving = self._moving, None
+        if moving is not None:
+            # Cut mid-way, a move would leave consumers neither on a channel nor lost.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(moving), PATIENCE + 5)
+            moving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await moving
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -253,7 +264,7 @@ class Replicas:
 
     async def _rebalance(self) -> None:
         """Every BEAT s, send each group that should to the back of its lines, one at a time."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(BEAT)
             try:
                 await self._rebalance_once()
@@ -263,6 +274,8 @@ class Replicas:
     async def _rebalance_once(self) -> None:
         assert self._pool is not None
         for group in self._pool.groups:
+            if self._closing:
+                return
             placed = self.announced()
             live = self.live()
             prefs = {preferred(m.client_id, live) for m in group.members}

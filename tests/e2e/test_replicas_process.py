@@ -85,6 +85,49 @@ async def test_the_active_consumers_are_spread_over_the_replicas(
     assert ran == want
 
 
+async def test_replicas_that_join_while_items_flow_take_their_share_without_a_run_twice(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """One replica serves 30 busy clients; two more join: the clients they prefer move to
+    them while items run, and every item runs once, in order (no kill: not even once more)."""
+    clients = [f"c{n:02}" for n in range(30)]
+    env = env_with_clients(prefix, tmp_path, shop, clients, S2SQ_REPLICA_SETTLE="1.5")
+    shop.delay = 0.05
+    published: dict[str, list[str]] = {c: [] for c in clients}
+    flowing = True
+
+    async def publish() -> None:
+        n = 0
+        while flowing:
+            for client in clients:
+                published[client].append(await amqp.publish(client, f"{client}-{n}"))
+            n += 1
+            await asyncio.sleep(0.05)
+
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(daemon_process(env, tmp_path / "replica0.log"))
+        await first.wait_logged("daemon.ready", 90)
+        publisher = asyncio.ensure_future(publish())
+        try:
+            await wait_until(lambda: len(shop.seen) >= 60, 30, "items flowing")
+            daemons = [first] + [await stack.enter_async_context(
+                daemon_process(env, tmp_path / f"replica{n}.log")) for n in (1, 2)]
+            ids = await _replica_ids(daemons)
+            await _until_active_on(prefix, {c: preferred(c, ids) for c in clients}, 90)
+        finally:
+            flowing = False
+            await publisher
+        await wait_until(lambda: all(shop.skus(c)[-1:] == published[c][-1:] for c in clients),
+                         60, "the last item of every client")
+        cycled = [d.count("channel.cycled") for d in daemons]
+        ran_on = {ids[n] for n, d in enumerate(daemons) if d.logged("item.succeeded")}
+    assert cycled[0] >= 1, "the first replica moved nothing"
+    assert ran_on == set(ids), "a replica ran nothing"
+    for client in clients:
+        assert shop.skus(client) == published[client], f"{client}: {shop.skus(client)}"
+    assert shop.overlaps == []
+
+
 async def test_kill_9_of_a_replica_moves_its_clients_to_survivors_and_keeps_its_parks(
     prefix, tmp_path, amqp: Broker, shop: FakeShop
 ):
