@@ -26,7 +26,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from daemon import systemd
 from daemon.blocking import BlockingConsumer
 from daemon.brokers import connect_robust
-from daemon.channels import ConsumerChannels
+from daemon.channels import PLACING, ConsumerChannels
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
 from daemon.depths import queue_depths
@@ -54,8 +54,6 @@ from handlers.base import Handler
 from handlers.context import HandlerContext
 
 log = structlog.get_logger()
-
-STARTUP_CONCURRENCY = 50
 
 
 class Supervisor:
@@ -317,7 +315,7 @@ class Supervisor:
 
     async def _start_consumers(self, client_ids: Iterable[str]) -> None:
         todo = sorted(set(client_ids) - set(self.consumers))
-        limit = asyncio.Semaphore(STARTUP_CONCURRENCY)
+        limit = asyncio.Semaphore(PLACING)  # side by side on several channels
 
         async def one(client_id: str) -> None:
             async with limit:
