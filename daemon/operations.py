@@ -50,6 +50,7 @@ class Operations:
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
         self._unrouted_lock = asyncio.Lock()
+        self._ids: list[str] = []  # sorted client ids (`_ordered`)
 
     @property
     def _store(self) -> FailedStore:
@@ -167,22 +168,28 @@ class Operations:
         return {"client_id": client_id, "state": consumer.state}
 
     async def client(self, client_id: str) -> dict[str, Any]:
-        """One client as SPEC section 8 shows it."""
+        """One client as SPEC section 8 shows it, its depth read live (one passive declare)."""
         self._consumer(client_id)
         depths = await self._sup.depths([client_id])
         return self._describe(client_id, depths.get(client_id))
 
-    async def clients(self) -> list[dict[str, Any]]:
-        """Every registered client, sorted by id."""
-        ids = sorted(self._sup.consumers)
-        depths = await self._sup.depths(ids)
-        return [self._describe(c, depths.get(c)) for c in ids]
+    def clients(self) -> list[dict[str, Any]]:
+        """Every registered client, sorted by id, depths as the last walk found them."""
+        cache = self._sup.depth_cache
+        return [self._describe(c, cache.get(c)) for c in self._ordered()]
+
+    def _ordered(self) -> list[str]:
+        """Every registered client's id, sorted again only when one was added."""
+        consumers = self._sup.consumers
+        if len(self._ids) != len(consumers):  # clients are added, never removed
+            self._ids = sorted(consumers)
+        return self._ids
 
     async def status(self, client_id: str | None = None) -> dict[str, Any]:
-        """The `status` control action: one client, or all of them."""
+        """The `status` control action: one client, or all of them (depths from the cache)."""
         if client_id:
             return {"client": await self.client(client_id)}
-        return {"clients": await self.clients()}
+        return {"clients": self.clients()}
 
     def _describe(self, client_id: str, depth: int | None) -> dict[str, Any]:
         """A client as the state log shows it, so every replica answers alike."""

@@ -13,7 +13,6 @@ import orjson
 import structlog
 from aiohttp import web
 
-from daemon.depths import DepthCache
 from daemon.http.auth import Identity, authenticate, bearer_token
 from daemon.operations import (
     UNROUTED_LIMIT,
@@ -30,7 +29,6 @@ log = structlog.get_logger()
 
 SUPERVISOR = web.AppKey("supervisor", object)
 IDENTITY = web.RequestKey("identity", Identity)
-DEPTHS = web.AppKey("depths", DepthCache)  # client queue depths, cached between scrapes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTIONS = ("retry", "skip", "pause", "resume")
 
@@ -133,13 +131,13 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text; open like the health checks (client ids label the queue depths)."""
     from daemon.metrics import CONTENT_TYPE, render
 
-    body = await render(_sup(request), request.app[DEPTHS])
+    body = await render(_sup(request))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def list_clients(request: web.Request) -> web.Response:
     identity = _identity(request)
-    clients = await _sup(request).ops.clients()
+    clients = _sup(request).ops.clients()  # depths from the cache: no queue is asked
     return json_response({"clients": [c for c in clients if identity.may_see(c["client_id"])]})
 
 
@@ -226,7 +224,6 @@ async def replay_unrouted(request: web.Request) -> web.Response:
 def build_app(supervisor: Supervisor) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
     app[SUPERVISOR] = supervisor
-    app[DEPTHS] = DepthCache()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)

@@ -240,7 +240,7 @@ def _visible(identity: Identity, client_id: str) -> str:
 @page
 async def clients_page(request: web.Request, session: Session) -> web.StreamResponse:
     identity = session.identity
-    everyone = await _sup(request).ops.clients()
+    everyone = _sup(request).ops.clients()
     visible = [c for c in everyone if identity.may_see(c["client_id"])]
     state = request.query.get("state", "")
     shown = [c for c in visible if not state or c["state"] == state]
