@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from daemon.blocking import BlockingConsumer
 from daemon.clients import InvalidClientId, validate_client_id
 from daemon.failed import FailedStore, UnknownItem
+from daemon.listing import ClientsQuery, page_after
 from daemon.parking import OperationError, UnknownClient
 from daemon.records import Failed, Paused, Resumed
 from daemon.unrouted import unrouted_client
@@ -177,6 +178,35 @@ class Operations:
         """Every registered client, sorted by id, depths as the last walk found them."""
         cache = self._sup.depth_cache
         return [self._describe(c, cache.get(c)) for c in self._ordered()]
+
+    def clients_page(self, query: ClientsQuery, only: str | None = None) -> dict[str, Any]:
+        """One page of clients by id (SPEC section 9): `{"clients", "next"}`.
+
+        `only`: a client's own listing (its console token), whatever the others are.
+        Depths come from the depth cache: no queue is asked for a listing.
+        """
+        state, cache = query.state, self._sup.depth_cache
+        ids, cursor = page_after(self._candidates(state, only), query.after, query.limit,
+                                 lambda c: state is None or self.state_of(c) == state)
+        return {"clients": [self._describe(c, cache.get(c)) for c in ids], "next": cursor}
+
+    def state_of(self, client_id: str) -> str:
+        """parked, paused or running, as the state log says (a park outranks a pause)."""
+        view = self._sup.state.view
+        return ("parked" if client_id in view.parked else
+                "paused" if client_id in view.paused else "running")
+
+    def _candidates(self, state: str | None, only: str | None) -> list[str]:
+        """Sorted ids a page is read from: the few parked or paused, else everyone."""
+        consumers = self._sup.consumers
+        if only is not None:
+            return [only] if only in consumers else []
+        view = self._sup.state.view
+        if state == "parked":
+            return sorted(c for c in view.parked if c in consumers)
+        if state == "paused":
+            return sorted(c for c in view.paused if c in consumers and c not in view.parked)
+        return self._ordered()
 
     def _ordered(self) -> list[str]:
         """Every registered client's id, sorted again only when one was added."""

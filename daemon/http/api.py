@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from daemon.http.auth import Identity, authenticate, bearer_token
+from daemon.listing import BadQuery, clients_query
 from daemon.operations import (
     UNROUTED_LIMIT,
     UNROUTED_MAX_LIMIT,
@@ -136,9 +137,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def list_clients(request: web.Request) -> web.Response:
-    identity = _identity(request)
-    clients = _sup(request).ops.clients()  # depths from the cache: no queue is asked
-    return json_response({"clients": [c for c in clients if identity.may_see(c["client_id"])]})
+    """A page of clients by id, `?state=&limit=&after=` (daemon/listing.py); 400 if bad.
+
+    Depths come from the daemon's depth cache: a listing asks the broker nothing.
+    """
+    try:
+        query = clients_query(request.query)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    return json_response(_sup(request).ops.clients_page(query, _identity(request).client_id))
 
 
 async def get_client(request: web.Request) -> web.Response:
