@@ -190,6 +190,15 @@ class Operations:
                                  lambda c: state is None or self.state_of(c) == state)
         return {"clients": [self._describe(c, cache.get(c)) for c in ids], "next": cursor}
 
+    def client_counts(self, only: str | None = None) -> dict[str, int]:
+        """How many clients are in each state, and in all (the console's tabs), from the
+        state log's few parked and paused: no walk over every client."""
+        total = len(self._candidates(None, only)) if only else len(self._sup.consumers)
+        parked = len(self._candidates("parked", only))
+        paused = len(self._candidates("paused", only))
+        return {"parked": parked, "paused": paused, "running": total - parked - paused,
+                "all": total}
+
     def state_of(self, client_id: str) -> str:
         """parked, paused or running, as the state log says (a park outranks a pause)."""
         view = self._sup.state.view
@@ -198,10 +207,10 @@ class Operations:
 
     def _candidates(self, state: str | None, only: str | None) -> list[str]:
         """Sorted ids a page is read from: the few parked or paused, else everyone."""
-        consumers = self._sup.consumers
+        consumers, view = self._sup.consumers, self._sup.state.view
         if only is not None:
-            return [only] if only in consumers else []
-        view = self._sup.state.view
+            mine = [only] if only in consumers else []
+            return [c for c in mine if state is None or self.state_of(c) == state]
         if state == "parked":
             return sorted(c for c in view.parked if c in consumers)
         if state == "paused":
