@@ -7,7 +7,8 @@ clients file (start-up not timed) and 1 % of them paused, waits for the first
 background depth walk, then times, one request after another over one
 keep-alive connection on loopback while the walk keeps going in the
 background: listing pages (the first, after a random id, paused only, 1000
-a page) and /metrics scrapes. Then the parts that grow with the number of
+a page) and /metrics scrapes; then the process's CPU while idle, with the
+depth walker running and stopped. Then the parts that grow with the number of
 clients, without a broker, at 10,000 synthetic clients: cutting a page, and
 rendering /metrics' depth family. Deletes everything it created.
 """
@@ -82,6 +83,17 @@ async def _over_http(base: str, ids: list[str], requests: int, scrapes: int) -> 
         _report("GET /metrics", times, f"  ({size} bytes)")
 
 
+async def _idle_cpu(sup: Supervisor, seconds: float) -> None:
+    """The process's CPU while idle, with the depth walker running and then stopped."""
+    for what in ("with the depth walker", "without it"):
+        walks, cpu, wall = sup.depth_cache.walks, time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        share = (time.process_time() - cpu) / (time.perf_counter() - wall)
+        print(f"idle CPU {what}: {share:.1%} of a core over {seconds:.0f} s "
+              f"({sup.depth_cache.walks - walks} walks)")
+        await sup.depth_cache.stop()
+
+
 def _synthetic(count: int) -> None:
     """The per-request work that grows with the clients, at `count` of them."""
     ids = sorted(f"client-{n:05d}" for n in range(count))
@@ -103,7 +115,7 @@ def _synthetic(count: int) -> None:
     _report(f"/metrics gauges rendered, {count} clients", times)
 
 
-async def run(prefix: str, count: int, requests: int, scrapes: int) -> None:
+async def run(prefix: str, count: int, requests: int, scrapes: int, idle: float) -> None:
     ids = [f"c{n:05d}" for n in range(count)]
     with tempfile.TemporaryDirectory() as tmp:
         clients = Path(tmp) / "clients.toml"
@@ -129,6 +141,7 @@ async def run(prefix: str, count: int, requests: int, scrapes: int) -> None:
             await _over_http(f"http://127.0.0.1:{settings.http_port}", ids, requests, scrapes)
             print(f"depth walks during the run: {sup.depth_cache.walks}, the last took "
                   f"{sup.depth_cache.took:.2f} s")
+            await _idle_cpu(sup, idle)
         finally:
             sup.stop_requested.set()
             await asyncio.wait_for(task, 120)
@@ -143,10 +156,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3000)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--scrapes", type=int, default=20)
+    parser.add_argument("--idle", type=float, default=30.0,
+                        help="seconds of each idle CPU window (walker on, then off)")
     parser.add_argument("--prefix", default=f"s2sbenchl{os.getpid()}")
     args = parser.parse_args()
     configure("json", "warning")
-    asyncio.run(run(args.prefix, args.clients, args.requests, args.scrapes))
+    asyncio.run(run(args.prefix, args.clients, args.requests, args.scrapes, args.idle))
 
 
 if __name__ == "__main__":
