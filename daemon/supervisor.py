@@ -29,7 +29,7 @@ from daemon.brokers import connect_robust
 from daemon.channels import PLACING, ConsumerChannels
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
-from daemon.depths import queue_depths
+from daemon.depths import DepthCache, queue_depths
 from daemon.events import Events
 from daemon.failed import FailedStore
 from daemon.leader import Leadership
@@ -81,6 +81,9 @@ class Supervisor:
         self._failed: FailedStore | None = None
         self._handlers: dict[str, Handler] = {}
         self.outbox: Outbox | None = None
+        # Client queue depths, walked in the background from start to stop.
+        self.depth_cache = DepthCache(lambda: self.consumers, self.depths,
+                                      lambda: self.connected, settings.depth_refresh)
         self._started_at = time.monotonic()
 
     def __repr__(self) -> str:
@@ -168,6 +171,8 @@ class Supervisor:
             control = Control(self._connection, self.topo, self.ops, self.replica, leadership)
             await control.start()
             stack.push_async_callback(control.stop)
+            self.depth_cache.start()
+            stack.push_async_callback(self.depth_cache.stop)
             await stack.enter_async_context(self._http())
             self.ready = True
             systemd.notify("READY=1")
