@@ -86,7 +86,8 @@ async def test_a_failed_walk_keeps_the_last_answers_and_the_next_one_replaces_th
             walks = cache.walks
             walk.fail = True
             asked = len(walk.asked)
-            await asyncio.wait_for(_until(lambda: len(walk.asked) >= asked + 2), 5)
+            await asyncio.wait_for(_until(lambda: cache.get("acme") is not None
+                                          and len(walk.asked) >= asked + 2), 5)
             during = (cache.get("acme"), cache.walks)
             walk.fail, walk.depths = False, {"acme": 7}
             await asyncio.wait_for(cache.refreshed(), 5)
@@ -110,10 +111,30 @@ async def test_walks_are_spaced_by_the_interval_or_duty_times_the_last_walk():
     """A walk of T seconds is followed by at least DUTY * T seconds without one."""
     walk = FakeWalk()
     walk.takes = 0.05
-    async with walking(DepthCache(lambda: ["acme"], walk, lambda: True, 0.01)):
-        await asyncio.wait_for(_until(lambda: len(walk.started) >= 3), 10)
+    async with walking(DepthCache(lambda: ["acme"], walk, lambda: True, 0.01)) as cache:
+        # a reader reading all the time
+        await asyncio.wait_for(_until(lambda: cache.get("acme") is None
+                                      and len(walk.started) >= 3), 10)
     gaps = [b - a for a, b in zip(walk.started, walk.started[1:], strict=False)]
     assert min(gaps) >= (1 + DUTY) * walk.takes * 0.95, gaps  # a walk, then DUTY walks' sleep
+
+
+async def test_nobody_reading_no_walk_and_a_read_wakes_the_next_one():
+    """An idle daemon does not walk its queues for nobody (10,000 of them cost a tenth of a
+    core every few seconds); the first read after a quiet spell gets the last answers at
+    once and brings the next walk."""
+    walk = FakeWalk()
+    walk.depths = {"acme": 4}
+    async with walking(DepthCache(lambda: ["acme"], walk, lambda: True, 0.01)) as cache:
+        await asyncio.wait_for(_until(lambda: cache.walks == 1), 5)  # the one at start
+        await asyncio.sleep(0.2)  # twenty intervals, nobody reading
+        quiet = len(walk.asked)
+        walk.depths = {"acme": 9}
+        first_read = cache.get("acme")
+        await asyncio.wait_for(_until(lambda: cache.walks == 2), 5)
+        await asyncio.sleep(0.2)
+        after = len(walk.asked)
+    assert (quiet, first_read, cache.get("acme"), after) == (1, 4, 9, 2)
 
 
 async def test_stop_cancels_a_walk_in_progress():

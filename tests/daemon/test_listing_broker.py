@@ -173,6 +173,7 @@ async def test_listings_scrapes_and_status_answer_while_a_walk_is_held_and_start
         base = f"http://127.0.0.1:{listing_settings.http_port}"
         await wait_until(lambda: sup.depth_cache.walks > 0, 10, "the first walk")
         gate.open.clear()
+        assert sup.depth_cache.depths  # a reader: the next walk starts, and is held
         await asyncio.wait_for(gate.waiting.wait(), 10)
         calls, walks = gate.calls, sup.depth_cache.walks
         async with asyncio.timeout(10):
@@ -199,6 +200,7 @@ async def test_a_new_clients_depth_is_null_until_the_next_walk_shows_it(
         base = f"http://127.0.0.1:{listing_settings.http_port}"
         await wait_until(lambda: sup.depth_cache.walks > 0, 10, "the first walk")
         gate.open.clear()
+        assert sup.depth_cache.depths  # a reader: the next walk starts, and is held
         await asyncio.wait_for(gate.waiting.wait(), 10)
         await sup.ops.register("newco", actor="tester")
         await sup.ops.pause("newco", actor="tester")
