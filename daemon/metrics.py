@@ -13,14 +13,17 @@ a scrape adds them to the supervisor's (`Merged`), so the counters and the
 histogram cover every process of the daemon.
 
 Gauges are gathered at scrape time: parked, paused and failed from the state
-log's view (the same on every replica), the rest by passive declares
-(`daemon/depths.py`; client queue depths cached for a few seconds). When the
-broker cannot be asked, the broker gauges are left out and the rest is served.
+log's view (the same on every replica), client queue depths from the depth
+cache's last background walk (`daemon/depths.py`: a scrape never walks them;
+absent until the first walk ends), and the few shared queues by passive
+declares. When the broker cannot be asked, the broker gauges are left out and
+the rest is served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,7 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.depths import DepthCache, queue_depths
+from daemon.depths import queue_depths
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -178,6 +181,7 @@ class Gauges:
     paused: int
     failed: int
     depths: Mapping[str, int | None] | None = None  # client id -> ready messages
+    depths_age: float | None = None  # seconds since the walk that found `depths` ended
     unrouted: int | None = None
     nonblocking: int | None = None
     retry_waiting: int | None = None
@@ -222,12 +226,17 @@ class _Snapshot(Collector):
         if g.depths is not None:
             depth = GaugeMetricFamily(
                 "s2s_client_queue_depth", "Items ready in each client's blocking queue (not "
-                "the one running, parked or held); read at most every few seconds.",
+                "the one running, parked or held), as the last background walk found them.",
                 labels=["client_id"])
             for client_id, value in sorted(g.depths.items()):
                 if value is not None:
                     depth.add_metric([client_id], value)
             yield depth
+        if g.depths_age is not None:
+            yield GaugeMetricFamily(
+                "s2s_client_queue_depth_age_seconds", "Seconds since the walk that read "
+                "s2s_client_queue_depth ended (absent, like the depths, until the first one).",
+                value=g.depths_age)
 
     def _notifications(self) -> Iterator[Metric]:
         yield _counters("s2s_notification_jobs", "Notifications queued by this daemon, by"
@@ -243,7 +252,7 @@ class _Snapshot(Collector):
                 "to send, or waiting for a delivery retry.", value=self._gauges.backlog)
 
 
-async def _gauges(supervisor: Supervisor, depths: DepthCache) -> Gauges:
+async def _gauges(supervisor: Supervisor) -> Gauges:
     view = supervisor.state.view
     counted = Gauges(len(supervisor.consumers), len(view.parked), len(view.paused),
                      len(view.failed))
@@ -253,8 +262,6 @@ async def _gauges(supervisor: Supervisor, depths: DepthCache) -> Gauges:
     delays = [topo.delay_queue(d) for d in sorted(set(supervisor.settings.retry_delays))]
     try:
         async with asyncio.timeout(SCRAPE_TIMEOUT):
-            names = [topo.client_queue(c) for c in sorted(supervisor.consumers)]
-            clients = await depths.get(supervisor.connection, names)
             waiting = [] if outbox is None else outbox.queue_names
             shared = await queue_depths(supervisor.connection,
                                         [topo.unrouted, topo.nonblocking, *delays, *waiting])
@@ -262,21 +269,22 @@ async def _gauges(supervisor: Supervisor, depths: DepthCache) -> Gauges:
     except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
         log.warning("metrics.broker_unavailable", error=repr(exc))
         return counted
-    prefix = len(topo.client_queue(""))
+    cache = supervisor.depth_cache
     return Gauges(
         counted.clients, counted.parked, counted.paused, counted.failed,
-        depths={name[prefix:]: value for name, value in clients.items()},
+        depths=None if cache.walked_at is None else cache.depths,
+        depths_age=None if cache.walked_at is None else time.monotonic() - cache.walked_at,
         unrouted=shared.get(topo.unrouted), nonblocking=shared.get(topo.nonblocking),
         retry_waiting=sum(shared.get(name) or 0 for name in delays), backlog=backlog,
     )
 
 
-async def render(supervisor: Supervisor, depths: DepthCache) -> bytes:
+async def render(supervisor: Supervisor) -> bytes:
     """The Prometheus text of one scrape."""
     outbox = supervisor.outbox
     if outbox is None:
         return b""
-    gauges = await _gauges(supervisor, depths)
+    gauges = await _gauges(supervisor)
     registry = CollectorRegistry(auto_describe=False)
     for collector in merged_item_metrics(supervisor.rt.metrics, supervisor.worker_samples()):
         registry.register(collector)

@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from daemon.blocking import BlockingConsumer
 from daemon.clients import InvalidClientId, validate_client_id
 from daemon.failed import FailedStore, UnknownItem
+from daemon.listing import ClientsQuery, page_after
 from daemon.parking import OperationError, UnknownClient
 from daemon.records import Failed, Paused, Resumed
 from daemon.unrouted import unrouted_client
@@ -50,6 +51,7 @@ class Operations:
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
         self._unrouted_lock = asyncio.Lock()
+        self._ids: list[str] = []  # sorted client ids (`_ordered`)
 
     @property
     def _store(self) -> FailedStore:
@@ -167,22 +169,66 @@ class Operations:
         return {"client_id": client_id, "state": consumer.state}
 
     async def client(self, client_id: str) -> dict[str, Any]:
-        """One client as SPEC section 8 shows it."""
+        """One client as SPEC section 8 shows it, its depth read live (one passive declare)."""
         self._consumer(client_id)
         depths = await self._sup.depths([client_id])
         return self._describe(client_id, depths.get(client_id))
 
-    async def clients(self) -> list[dict[str, Any]]:
-        """Every registered client, sorted by id."""
-        ids = sorted(self._sup.consumers)
-        depths = await self._sup.depths(ids)
-        return [self._describe(c, depths.get(c)) for c in ids]
+    def clients(self) -> list[dict[str, Any]]:
+        """Every registered client, sorted by id, depths as the last walk found them."""
+        cache = self._sup.depth_cache
+        return [self._describe(c, cache.get(c)) for c in self._ordered()]
+
+    def clients_page(self, query: ClientsQuery, only: str | None = None) -> dict[str, Any]:
+        """One page of clients by id (SPEC section 9): `{"clients", "next"}`.
+
+        `only`: a client's own listing (its console token), whatever the others are.
+        Depths come from the depth cache: no queue is asked for a listing.
+        """
+        state, cache = query.state, self._sup.depth_cache
+        ids, cursor = page_after(self._candidates(state, only), query.after, query.limit,
+                                 lambda c: state is None or self.state_of(c) == state)
+        return {"clients": [self._describe(c, cache.get(c)) for c in ids], "next": cursor}
+
+    def client_counts(self, only: str | None = None) -> dict[str, int]:
+        """How many clients are in each state, and in all (the console's tabs), from the
+        state log's few parked and paused: no walk over every client."""
+        total = len(self._candidates(None, only)) if only else len(self._sup.consumers)
+        parked = len(self._candidates("parked", only))
+        paused = len(self._candidates("paused", only))
+        return {"parked": parked, "paused": paused, "running": total - parked - paused,
+                "all": total}
+
+    def state_of(self, client_id: str) -> str:
+        """parked, paused or running, as the state log says (a park outranks a pause)."""
+        view = self._sup.state.view
+        return ("parked" if client_id in view.parked else
+                "paused" if client_id in view.paused else "running")
+
+    def _candidates(self, state: str | None, only: str | None) -> list[str]:
+        """Sorted ids a page is read from: the few parked or paused, else everyone."""
+        consumers, view = self._sup.consumers, self._sup.state.view
+        if only is not None:
+            mine = [only] if only in consumers else []
+            return [c for c in mine if state is None or self.state_of(c) == state]
+        if state == "parked":
+            return sorted(c for c in view.parked if c in consumers)
+        if state == "paused":
+            return sorted(c for c in view.paused if c in consumers and c not in view.parked)
+        return self._ordered()
+
+    def _ordered(self) -> list[str]:
+        """Every registered client's id, sorted again only when one was added."""
+        consumers = self._sup.consumers
+        if len(self._ids) != len(consumers):  # clients are added, never removed
+            self._ids = sorted(consumers)
+        return self._ids
 
     async def status(self, client_id: str | None = None) -> dict[str, Any]:
-        """The `status` control action: one client, or all of them."""
+        """The `status` control action: one client, or all of them (depths from the cache)."""
         if client_id:
             return {"client": await self.client(client_id)}
-        return {"clients": await self.clients()}
+        return {"clients": self.clients()}
 
     def _describe(self, client_id: str, depth: int | None) -> dict[str, Any]:
         """A client as the state log shows it, so every replica answers alike."""

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     handler_timeout: float = Field(60.0, gt=0)
     shutdown_timeout: float = Field(30.0, ge=0)
+    # Seconds between two walks of every client queue's depth (daemon/depths.py), at
+    # least four times as long as the last walk took; listings and /metrics read the
+    # last walk's answers.
+    depth_refresh: float = Field(5.0, gt=0)
 
     max_body_bytes: int = Field(1_048_576, ge=1)
     image_max_bytes: int = Field(10_485_760, ge=1)

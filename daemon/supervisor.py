@@ -26,10 +26,10 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from daemon import systemd
 from daemon.blocking import BlockingConsumer
 from daemon.brokers import connect_robust
-from daemon.channels import ConsumerChannels
+from daemon.channels import PLACING, ConsumerChannels
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.control import Control
-from daemon.depths import queue_depths
+from daemon.depths import DepthCache, queue_depths
 from daemon.events import Events
 from daemon.failed import FailedStore
 from daemon.leader import Leadership
@@ -55,8 +55,6 @@ from handlers.base import Handler
 from handlers.context import HandlerContext
 
 log = structlog.get_logger()
-
-STARTUP_CONCURRENCY = 50
 
 
 class Supervisor:
@@ -85,6 +83,9 @@ class Supervisor:
         self._failed: FailedStore | None = None
         self._handlers: dict[str, Handler] = {}
         self.outbox: Outbox | None = None
+        # Client queue depths, walked in the background from start to stop.
+        self.depth_cache = DepthCache(lambda: self.consumers, self.depths,
+                                      lambda: self.connected, settings.depth_refresh)
         self._started_at = time.monotonic()
 
     def __repr__(self) -> str:
@@ -180,6 +181,8 @@ class Supervisor:
             control = Control(self._connection, self.topo, self.ops, self.replica, leadership)
             await control.start()
             stack.push_async_callback(control.stop)
+            self.depth_cache.start()
+            stack.push_async_callback(self.depth_cache.stop)
             await stack.enter_async_context(self._http())
             self.ready = True
             systemd.notify("READY=1")
@@ -336,7 +339,7 @@ class Supervisor:
         await self._place_all(others)
 
     async def _place_all(self, todo: list[str]) -> None:
-        limit = asyncio.Semaphore(STARTUP_CONCURRENCY)
+        limit = asyncio.Semaphore(PLACING)  # side by side on several channels
 
         async def one(client_id: str) -> None:
             async with limit:

@@ -13,8 +13,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from daemon.depths import DepthCache
 from daemon.http.auth import Identity, authenticate, bearer_token
+from daemon.listing import BadQuery, clients_query
 from daemon.operations import (
     UNROUTED_LIMIT,
     UNROUTED_MAX_LIMIT,
@@ -30,7 +30,6 @@ log = structlog.get_logger()
 
 SUPERVISOR = web.AppKey("supervisor", object)
 IDENTITY = web.RequestKey("identity", Identity)
-DEPTHS = web.AppKey("depths", DepthCache)  # client queue depths, cached between scrapes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTIONS = ("retry", "skip", "pause", "resume")
 
@@ -133,14 +132,20 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text; open like the health checks (client ids label the queue depths)."""
     from daemon.metrics import CONTENT_TYPE, render
 
-    body = await render(_sup(request), request.app[DEPTHS])
+    body = await render(_sup(request))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def list_clients(request: web.Request) -> web.Response:
-    identity = _identity(request)
-    clients = await _sup(request).ops.clients()
-    return json_response({"clients": [c for c in clients if identity.may_see(c["client_id"])]})
+    """A page of clients by id, `?state=&limit=&after=` (daemon/listing.py); 400 if bad.
+
+    Depths come from the daemon's depth cache: a listing asks the broker nothing.
+    """
+    try:
+        query = clients_query(request.query)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    return json_response(_sup(request).ops.clients_page(query, _identity(request).client_id))
 
 
 async def get_client(request: web.Request) -> web.Response:
@@ -226,7 +231,6 @@ async def replay_unrouted(request: web.Request) -> web.Response:
 def build_app(supervisor: Supervisor) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
     app[SUPERVISOR] = supervisor
-    app[DEPTHS] = DepthCache()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)

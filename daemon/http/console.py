@@ -37,6 +37,7 @@ from daemon.http.sessions import (
     issue,
     read,
 )
+from daemon.listing import CLIENTS_LIMIT, BadQuery, clients_query
 from daemon.operations import OperationError, UnknownClient, UnknownItem
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ def segment(value: object) -> str:
 
 _env.filters["segment"] = segment
 
-STATES = ("running", "parked", "paused")
 Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
@@ -239,15 +239,28 @@ def _visible(identity: Identity, client_id: str) -> str:
 
 @page
 async def clients_page(request: web.Request, session: Session) -> web.StreamResponse:
-    identity = session.identity
-    everyone = await _sup(request).ops.clients()
-    visible = [c for c in everyone if identity.may_see(c["client_id"])]
-    state = request.query.get("state", "")
-    shown = [c for c in visible if not state or c["state"] == state]
-    counts = {s: sum(1 for c in visible if c["state"] == s) for s in STATES}
+    """A page of clients by id, with the API's `?state=&limit=&after=` and links on."""
+    try:
+        query = clients_query(request.query)
+    except BadQuery as exc:
+        return render(request, "error.html.j2", 400, session=session, title="Bad address",
+                      message=f"{exc}.", csrf=_csrf(request, session))
+    ops, only = _sup(request).ops, session.identity.client_id
+    listing = ops.clients_page(query, only)
     names = {cid: cfg.name for cid, cfg in _sup(request).clients.items()}
-    return _view(request, session, "clients.html.j2", clients=shown, state=state,
-                 counts=counts, total=len(visible), names=names)
+    return _view(request, session, "clients.html.j2", clients=listing["clients"],
+                 state=query.state or "", counts=ops.client_counts(only), names=names,
+                 first=_clients_link(query.state, query.limit) if query.after else None,
+                 next=_clients_link(query.state, query.limit, listing["next"])
+                 if listing["next"] else None)
+
+
+def _clients_link(state: str | None, limit: int, after: str | None = None) -> str:
+    """/clients with the query that shows `state`, `limit` a page, after `after`."""
+    values = {"state": state, "limit": None if limit == CLIENTS_LIMIT else str(limit),
+              "after": after}
+    query = urlencode({k: v for k, v in values.items() if v})
+    return "/clients" + (f"?{query}" if query else "")
 
 
 @page

@@ -68,6 +68,7 @@ MATRIX = [
     Row("GET", "/readyz",                                    (200, 200, 200, 200, 200)),
     Row("GET", "/metrics",                                   (200, 200, 200, 200, 200)),
     Row("GET", "/api/v1/clients",                            (401, 401, 200, 200, 200)),
+    Row("GET", "/api/v1/clients?limit=0",                    (401, 401, 400, 400, 400)),
     Row("GET", "/api/v1/clients/acme",                       (401, 401, 200, 404, 200)),
     Row("GET", "/api/v1/clients/globex",                     (401, 401, 404, 200, 200)),
     Row("GET", "/api/v1/clients/nobody",                     (401, 401, 404, 404, 404)),

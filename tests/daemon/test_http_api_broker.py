@@ -36,7 +36,8 @@ async def _call(base: str, method: str, path: str, headers: dict[str, str] | Non
 def api_settings(prefix, tmp_path, shop: FakeShop):
     path = tmp_path / "clients.toml"
     path.write_text(clients_toml(shop.url, ["acme", "globex"]))
-    return settings_for(prefix, tmp_path, clients_file=path, http_port=free_port())
+    return settings_for(prefix, tmp_path, clients_file=path, http_port=free_port(),
+                        depth_refresh=0.1)
 
 
 async def test_health_and_readiness_need_no_token(api_settings, amqp: Broker):
@@ -139,12 +140,13 @@ async def test_a_client_whose_queue_was_deleted_shows_no_depth_and_the_rest_stil
     api_settings, amqp: Broker
 ):
     """Someone deleted acme's queue behind the daemon's back: depth null, not a failed list."""
-    async with running(api_settings):
+    async with running(api_settings) as sup:
         base = f"http://127.0.0.1:{api_settings.http_port}"
         await amqp.publish("globex", type_="system.noop", payload={}, message_id="G1")
         await amqp.wait_event("item.succeeded", "globex")
         async with amqp.connection.channel() as channel:
             await channel.queue_delete(amqp.topo.client_queue("acme"))
+        await sup.depth_cache.refreshed()  # the listing shows what the last walk found
         status, body = await _call(base, "GET", "/api/v1/clients", ADMIN)
         one = await _call(base, "GET", "/api/v1/clients/acme", ADMIN)
     assert status == 200

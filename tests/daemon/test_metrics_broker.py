@@ -5,7 +5,7 @@ from __future__ import annotations
 import aio_pika
 import pytest
 
-from daemon.depths import DepthCache, queue_depths
+from daemon.depths import queue_depths
 from tests.proxy import broker_proxy
 from tests.support import (
     Broker,
@@ -36,7 +36,8 @@ async def test_a_scrape_counts_outcomes_and_shows_parks_pauses_failures_unrouted
     port = free_port()
     shop.script["X"] = [503, 422]
     shop.always.update({"SO-1": 422, "SO-2": 422})
-    settings = settings_for(prefix, tmp_path, clients_file=clients, http_port=port)
+    settings = settings_for(prefix, tmp_path, clients_file=clients, http_port=port,
+                            depth_refresh=0.1)
     async with running(settings) as sup:
         for n in range(N):
             await amqp.publish("acme", type_="system.noop", payload={}, message_id=f"N{n}")
@@ -50,6 +51,7 @@ async def test_a_scrape_counts_outcomes_and_shows_parks_pauses_failures_unrouted
         await wait_until(lambda: len(sup.state.view.failed) == 2, 15, "two failed orders")
         await sup.ops.skip_failed("SO-2", actor="tester", reason="duplicate")
         await sup.ops.pause("globex", actor="tester")
+        await sup.depth_cache.refreshed()  # depths are walked in the background
         samples = await scrape_metrics(port)
     assert family(samples, "s2s_items_total") == {
         's2s_items_total{outcome="succeeded",queue="blocking",type="system.noop"}': N,
@@ -76,7 +78,8 @@ async def test_a_scrape_counts_outcomes_and_shows_parks_pauses_failures_unrouted
         "s2s_failed_items": 1, "s2s_unrouted_items": 1, "s2s_nonblocking_queue_depth": 0,
         "s2s_nonblocking_retry_waiting": 0, "s2s_notification_backlog": 0,
     }
-    assert family(samples, "s2s_client_queue_depth") == {
+    assert 0 <= samples["s2s_client_queue_depth_age_seconds"] < 5
+    assert family(samples, "s2s_client_queue_depth{") == {
         's2s_client_queue_depth{client_id="acme"}': 1,  # Y, behind the parked X
         's2s_client_queue_depth{client_id="globex"}': 0,
     }
@@ -97,6 +100,7 @@ async def test_without_the_broker_a_scrape_serves_counters_and_state_but_no_brok
             for n in range(3):
                 await amqp.publish("acme", type_="system.noop", payload={}, message_id=f"N{n}")
             await amqp.wait_event("item.succeeded", "acme", 3)
+            await wait_until(lambda: sup.depth_cache.walks > 0, 10, "the first depth walk")
             proxy.refusing = True
             proxy.cut()
             await wait_until(lambda: not sup.connected, 10, "the daemon to see the link go")
@@ -129,26 +133,3 @@ async def test_depths_are_read_side_by_side_and_a_missing_queue_answers_none(amq
         async with amqp.connection.channel() as channel:
             for name in names:
                 await channel.queue_delete(name)
-
-
-async def test_the_depth_cache_asks_the_broker_again_only_when_old_or_asked_for_other_queues(
-    amqp: Broker
-):
-    """Within max_age the same names are answered from memory; new names or age read again."""
-    name = f"{amqp.topo.prefix}.depth.cached"
-    async with amqp.connection.channel() as channel:
-        await channel.declare_queue(name)
-        try:
-            cache = DepthCache(max_age=3600)
-            first = await cache.get(amqp.connection, [name])
-            await channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=name)
-            again = await cache.get(amqp.connection, [name])
-            other = await cache.get(amqp.connection, [name, amqp.topo.unrouted])
-            fresh = await DepthCache(max_age=0).get(amqp.connection, [name])
-        finally:
-            await channel.queue_delete(name)
-    assert (first, again) == ({name: 0}, {name: 0})
-    assert other == {name: 1, amqp.topo.unrouted: 0}
-    assert fresh == {name: 1}
-    assert cache.walks == 2
-

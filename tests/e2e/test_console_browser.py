@@ -323,3 +323,56 @@ async def test_the_unrouted_page_shows_the_oldest_hundred_and_replay_moves_them_
             "Replayed 101 items to newco, in their original order.")
         await amqp.wait_event("item.succeeded", "newco", count=101)
     assert [e["message_id"] for e in amqp.named("item.succeeded", "newco")] == ids
+
+
+async def test_the_clients_page_pages_by_id_and_keeps_the_state_filter(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """Issue 13: "Next page" walks every client once in order, a filter stays on across
+    pages, "First page" goes back, and a bad limit is a page naming it."""
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, ["acme", "globex", "initech", "umbrella", "wayne"]))
+    settings = settings_for(prefix, tmp_path, clients_file=path, http_port=free_port(),
+                            admin_token=ADMIN_TOKEN, depth_refresh=0.1)
+    shop.script["X"] = [422]
+    base = _base(settings)
+    async with running(settings) as sup:
+        await amqp.publish("globex", "X")
+        await amqp.wait_event("client.parked", "globex")
+        await sup.depth_cache.refreshed()
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/clients?limit=2")
+        pages = [await _client_rows(page)]
+        while await page.get_by_role("link", name="Next page").count():
+            await page.get_by_role("link", name="Next page").click()
+            pages.append(await _client_rows(page))
+        await page.get_by_role("link", name="running (4)").click()
+        assert page.url == base + "/clients?state=running"
+        await page.goto(base + "/clients?state=running&limit=2")
+        running_pages = [await _client_rows(page)]
+        await page.get_by_role("link", name="Next page").click()
+        running_url = page.url
+        running_pages.append(await _client_rows(page))
+        await expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+        await page.get_by_role("link", name="First page").click()
+        first_url = page.url
+        response = await page.goto(base + "/clients?limit=0")
+        assert response is not None
+        refused = (response.status, await page.locator("main").inner_text())
+    assert pages == [[("acme", "running", "0"), ("globex", "parked", "0")],
+                     [("initech", "running", "0"), ("umbrella", "running", "0")],
+                     [("wayne", "running", "0")]]
+    assert running_pages == [[("acme", "running", "0"), ("initech", "running", "0")],
+                             [("umbrella", "running", "0"), ("wayne", "running", "0")]]
+    assert running_url == base + "/clients?state=running&limit=2&after=initech"
+    assert first_url == base + "/clients?state=running&limit=2"
+    assert refused[0] == 400
+    assert "limit must be a whole number from 1 to 1000." in refused[1]
+
+
+async def _client_rows(page: Page) -> list[tuple[str, str, str]]:
+    """(client id, state, items waiting) of each row of the clients table."""
+    rows = page.locator("table tbody tr")
+    return [(await row.locator("td").nth(0).locator("a").inner_text(),
+             await row.locator("td").nth(1).inner_text(),
+             await row.locator("td").nth(2).inner_text()) for row in await rows.all()]
