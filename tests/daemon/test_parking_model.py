@@ -403,8 +403,10 @@ class ParkingMachine(RuleBasedStateMachine):
     def hand_over_ends(self, data: st.DataObject) -> None:
         """The pool's cycle: close the channel if the consumer is idle and holds no park,
         else give up; either way the hold ends (daemon.channels.ConsumerChannels.cycle)."""
-        replica = data.draw(st.sampled_from(
-            [r for r, p in enumerate(self.parkings) if p.holding]))
+        self.end_hand_over(data.draw(st.sampled_from(
+            [r for r, p in enumerate(self.parkings) if p.holding])))
+
+    def end_hand_over(self, replica: int) -> None:
         parking = self.parkings[replica]
         if not parking.busy and not parking.holds_park:
             self.losses += 1

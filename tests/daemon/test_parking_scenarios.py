@@ -186,3 +186,42 @@ def test_a_retry_and_a_skip_are_answered_before_their_reports_which_keep_their_o
     check(m)
     assert reported == ["announce attempt 2", "skipped"]
     assert m.world.acked[:1] == [0]
+
+
+def test_a_delivery_during_a_hand_over_waits_unrun_and_runs_once_on_the_next_replica(
+    machine: ParkingMachine,
+):
+    """A hold lets the running item finish; the next delivery waits unrun; the close hands
+    it back at the head and the next consumer in line claims it and runs it, once."""
+    m = machine
+    m.hand_over_begins(0)
+    assert m.world.running == {0: 0}, "a hold does not cut the running item"
+    m.finish(0, ok=True)
+    check(m)
+    assert m.world.acked == [0]
+    assert m.world.held[0].msg.n == 1, "m1 is delivered to replica 0"
+    assert m.world.running == {}, "m1 waits unrun"
+    m.end_hand_over(0)
+    check(m)
+    assert m.world.running == {1: 1}, "replica 1 runs m1 after the close"
+    m.finish(1, ok=True)
+    check(m)
+    assert m.world.acked[:2] == [0, 1]
+    assert [(r, n) for r, n, _ in m.world.runs[:2]] == [(0, 0), (1, 1)]
+
+
+def test_a_hand_over_that_finds_a_park_gives_up_and_the_park_stays_held(
+    machine: ParkingMachine,
+):
+    """An item that parks while its client is held keeps the channel open: the park
+    stays on this replica, and after the hold the client is still parked, unrun."""
+    m = machine
+    m.hand_over_begins(0)
+    park_m0_on_replica_0(m)
+    m.end_hand_over(0)
+    check(m)
+    assert m.parkings[0].phase is Phase.PARKED
+    assert not m.parkings[0].holding
+    assert m.world.held[0].msg.n == 0
+    assert m.world.active == 0
+    assert [n for _, n, _ in m.world.runs] == [0]
