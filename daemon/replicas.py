@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+import weakref
 from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
@@ -54,6 +55,7 @@ log = structlog.get_logger()
 BEAT = 1.0  # seconds between beats
 EXPIRE = 5.0  # a replica not heard for this long is gone
 PATIENCE = 10.0  # how long a cycle waits for a busy consumer before it gives up (for now)
+AGAIN_AFTER = 30.0  # ... and how long before it tries that group again
 
 
 def preferred(client_id: str, replicas: Iterable[str]) -> str:
@@ -107,6 +109,9 @@ class Replicas:
         self._moving: asyncio.Task[None] | None = None
         self._closing = False
         self._pool: Pool | None = None
+        # Groups whose move gave up (a long run): when to try again. Without it, one client
+        # with long items would hold the others of its group most of the time.
+        self._again: weakref.WeakKeyDictionary[Group, float] = weakref.WeakKeyDictionary()
         self._wake = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -284,4 +289,7 @@ class Replicas:
                 continue
             if any(m.holds_park for m in group.members):
                 continue  # a park never moves for balance; tried again when it is gone
-            await self._pool.cycle(group, PATIENCE)
+            if self._again.get(group, 0.0) > time.monotonic():
+                continue
+            if not await self._pool.cycle(group, PATIENCE):
+                self._again[group] = time.monotonic() + AGAIN_AFTER

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.replicas import needs_cycle, preferred
+from daemon.channels import Group
+from daemon.replicas import Replicas, needs_cycle, preferred
+from daemon.topology import Topology
 
 CLIENTS = [f"c{n:04}" for n in range(1000)]
 
@@ -119,3 +122,49 @@ def test_after_the_moves_settle_every_client_is_active_on_the_replica_it_prefers
     else:
         raise AssertionError("the moves never settled")
     assert all(sim.lines[c][0] == preferred(c, replicas) for c in sim.clients)
+
+
+# -- the moves, on a fake pool -------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Member:
+    client_id: str
+    holds_park: bool = False
+
+
+@dataclass
+class FakePool:
+    groups: list[Group]
+    give_up: bool = False
+    cycled: list[Group] = field(default_factory=list)
+
+    async def cycle(self, group: Group, patience: float) -> bool:
+        self.cycled.append(group)
+        return not self.give_up
+
+
+def _replicas_with_b(pool: FakePool) -> Replicas:
+    replicas = Replicas(None, Topology("t"), "a", settle=0)  # type: ignore[arg-type]
+    replicas._heard["b"] = time.monotonic()  # b is alive and has placed its clients
+    replicas._placed["b"] = 1
+    replicas._pool = pool
+    return replicas
+
+
+def _group(*members: Member) -> Group:
+    return Group(channel=None, parked=False, members=list(members), label="a",  # type: ignore[arg-type]
+                 stamp={})
+
+
+async def test_a_group_holding_a_park_is_not_moved_and_one_that_gave_up_waits():
+    """Clients b prefers move behind b, but never a group holding a park; and a group whose
+    move gave up (a long run) is left alone for a while instead of being held again."""
+    b_client = next(c for c in CLIENTS if preferred(c, ["a", "b"]) == "b")
+    parked = _group(Member(b_client, holds_park=True))
+    busy = _group(Member(b_client))
+    pool = FakePool([parked, busy], give_up=True)
+    replicas = _replicas_with_b(pool)
+    await replicas._rebalance_once()
+    await replicas._rebalance_once()
+    assert pool.cycled == [busy]
