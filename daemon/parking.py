@@ -239,16 +239,17 @@ class Parking:
 
     async def take(self, delivery: Delivery) -> None:
         """Decide the fate of a delivery at the head (runs in its callback task)."""
-        if self.holding:  # a hand-over: wait, unrun; if the channel closes, it goes back
-            placement = self._placement
-            await self._unheld.wait()
+        placement = self._placement
+        while self.holding or self.busy:
+            if self.holding:  # a hand-over: wait, unrun; if the channel closes, it goes back
+                await self._unheld.wait()
+            else:
+                # The run on a channel since closed is still unwinding: never two at once.
+                log.info("item.waiting_for_previous_run", client_id=self.scope,
+                         message_id=delivery.message_id)
+                await self._idle.wait()
             if placement != self._placement:
                 return  # its channel closed meanwhile: the tag is void, the broker has it
-        if self.busy:
-            # The run on a channel since closed is still unwinding: never two at once.
-            log.info("item.waiting_for_previous_run", client_id=self.scope,
-                     message_id=delivery.message_id)
-            await self._idle.wait()
         if self._stopping:
             return  # never started: handed back when the channel closes
         self._head = delivery
