@@ -2,7 +2,8 @@
 
     flock -o /tmp/s2s-bench.lock .venv/bin/python bench/failover.py --clients 1000 --parked 100
 
-Method. `--replicas` daemons (`s2s-queue run`, child processes, logging JSON
+Method. `--replicas` daemons (all at once, or with `--staggered` each once
+the one before is ready) (`s2s-queue run`, child processes, logging JSON
 to the work dir) serve `--clients` clients on `--queue-type` queues. Once the
 broker shows every client's active consumer on the replica it prefers
 (docs/replicas.md; read with rabbitmqctl), `--parked` clients that are active
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--queue-type", choices=["quorum", "classic"], default="classic")
     parser.add_argument("--settle", type=float, default=1.5, help="S2SQ_REPLICA_SETTLE")
+    parser.add_argument("--staggered", action="store_true",
+                        help="start each replica once the one before is ready")
     parser.add_argument("--prefix", default="s2sbfail")
     parser.add_argument("--workdir", default=None, help="logs go here (default: a temp dir)")
     return parser.parse_args(argv)
@@ -101,6 +104,9 @@ async def replicas(args: argparse.Namespace, workdir: Path) -> AsyncIterator[lis
     try:
         for n in range(args.replicas):
             started.append(spawn(env, workdir / f"replica{n}.log"))
+            if args.staggered:  # each starts once the one before is ready
+                await until("a replica to be ready", 300,
+                            lambda r=started[-1]: _logged(r, "daemon.ready"))
         yield started
     finally:
         for replica in started:
@@ -119,6 +125,12 @@ def spawn(env: dict[str, str], log_path: Path) -> Replica:
         proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     return Replica(proc, log_path)
+
+
+async def _logged(replica: Replica, event: str) -> bool:
+    if replica.proc.poll() is not None:
+        raise RuntimeError(f"a replica exited early (log {replica.log_path})")
+    return bool(replica.lines(event))
 
 
 async def until(what: str, timeout: float, check: Any) -> None:
@@ -164,7 +176,7 @@ async def measure(args: argparse.Namespace,
         return all(now.get(c) == r for c, r in want.items())
 
     await until("every client to be active on the replica it prefers", 300, spread)
-    print(f"  spread after {time.monotonic() - started:.1f} s:",
+    print(f"  spread {time.monotonic() - started:.1f} s after the bench saw them start:",
           {r: sum(1 for v in want.values() if v == r) for r in names})
     victim, survivors = daemons[0], daemons[1:]
     parked = [c for c in ids if want[c] == victim.id][:args.parked]
