@@ -41,12 +41,12 @@ import structlog
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
-    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
+from daemon.tail import StreamTail
 from daemon.topology import Topology, declare_client_queue, declare_topology
 from daemon.view import View
 
@@ -231,7 +231,7 @@ class StateLog:
         self._markers: dict[str, asyncio.Future[None]] = {}
         self._last_offset = -1
         self._write: AbstractChannel | None = None
-        self._tail: AbstractRobustChannel | None = None
+        self._tail: StreamTail | None = None
         self._loader: Loader | None = None
         self._snapshot_every = snapshot_every
         self._should_snapshot = should_snapshot
@@ -279,7 +279,7 @@ class StateLog:
         pointer = await self._read_pointer()
         if pointer is not None:
             self._loader = Loader(pointer)
-        await self._open_tail(pointer.start if pointer else "first")
+        await self._open_tail()  # from the pointer's start, or the first record
         try:
             await self.sync(timeout=POINTER_PATIENCE if pointer else 300.0)
         except TimeoutError:
@@ -305,7 +305,7 @@ class StateLog:
     async def _replay_from_first(self) -> None:
         await self._close_tail()
         self._reset(View(), -1)
-        await self._open_tail("first")
+        await self._open_tail()
         await self.sync()
 
     def _reset(self, view: View, offset: int) -> None:
@@ -333,43 +333,21 @@ class StateLog:
             log.warning("state.pointer_ignored", bytes=len(message.body))
         return pointer
 
-    async def _open_tail(self, start: int | str) -> None:
-        tail = await self._connection.channel(publisher_confirms=False)
-        assert isinstance(tail, AbstractRobustChannel)  # reconnects: read on from where we were
-        self._tail = tail
-        await self._tail.set_qos(prefetch_count=PREFETCH)
-        self._tail.reopen_callbacks.add(self._on_tail_reopened)
-        await self._consume(start)
+    async def _open_tail(self) -> None:
+        self._tail = StreamTail(self._connection, self._topo.state, self._on_delivery,
+                                self._next_start, prefetch=PREFETCH)
+        await self._tail.open()
 
-    async def _consume(self, start: int | str) -> None:
-        assert self._tail is not None
-        underlay = await self._tail.get_underlay_channel()
-        await underlay.basic_consume(self._topo.state, self._on_delivery,
-                                     arguments={"x-stream-offset": start})
-
-    async def _on_tail_reopened(self, *_: Any) -> None:
-        """A reconnect: read on from the record after the last one applied.
-
-        RabbitMQ 3.10 may refuse a consume right after a reconnect (the stream's
-        member is not up yet): try again until it takes, or the channel goes.
-        """
-        for attempt in itertools.count():
-            start = self._last_offset + 1 if self._last_offset >= 0 else (
-                self._loader.pointer.start if self._loader else "first")
-            try:
-                await self._consume(start)
-                return
-            except Exception as exc:
-                if self._tail is None or self._tail.is_closed:
-                    return
-                log.warning("state.tail_not_resumed", attempt=attempt, error=repr(exc))
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+    def _next_start(self) -> int | str:
+        """Where the tail reads from: after the last record read, else where start-up begins."""
+        if self._last_offset >= 0:
+            return self._last_offset + 1
+        return self._loader.pointer.start if self._loader else "first"
 
     async def _close_tail(self) -> None:
-        if self._tail is not None and not self._tail.is_closed:
-            self._tail.reopen_callbacks.discard(self._on_tail_reopened)
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
-                await self._tail.close()
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            await tail.close()
 
     async def stop(self) -> None:
         """Stop snapshotting, then close both channels."""
