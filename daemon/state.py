@@ -58,6 +58,9 @@ PREFETCH = 500
 # How long start-up waits for anything at all from the snapshot pointer's offset
 # before it takes the pointer for one left over from a stream since re-created.
 POINTER_PATIENCE = 30.0
+# A record of ours, confirmed by the broker, that the tail has not read back this long,
+# while it read nothing else either: the tail is stuck, consume again (`_read_back`).
+TAIL_PATIENCE = 15.0
 PART_BYTES = 256 * 1024
 """No snapshot part is larger than this (one entry larger than it goes alone)."""
 KIND = "x-s2s-kind"
@@ -222,8 +225,10 @@ class StateLog:
         *,
         snapshot_every: int = 1000,
         should_snapshot: Callable[[], bool] = lambda: False,
+        tail_patience: float = TAIL_PATIENCE,
     ) -> None:
         self.view = View()
+        self._tail_patience = tail_patience
         self._connection = connection
         self._topo = topo
         self._replica = replica
@@ -411,7 +416,7 @@ class StateLog:
         try:
             async with asyncio.timeout(timeout):
                 await self.append(record, mark=mark)
-                await waiter
+                await self._read_back(waiter)
         finally:
             self._markers.pop(mark, None)
 
@@ -422,7 +427,7 @@ class StateLog:
         self._markers[marker] = waiter
         try:
             await self.append(Marker(id=marker))
-            await waiter
+            await self._read_back(waiter)
         except BaseException as exc:
             if not waiter.done():
                 waiter.set_exception(exc if isinstance(exc, Exception) else
@@ -430,6 +435,27 @@ class StateLog:
                 waiter.exception()  # its waiters raise it; nobody left waiting is fine too
         finally:
             self._markers.pop(marker, None)
+
+    async def _read_back(self, waiter: asyncio.Future[None]) -> None:
+        """Wait until the tail reads a record we appended (the broker confirmed it).
+
+        A confirmed record is in the stream, so a tail that reads nothing at all
+        for `tail_patience` seconds while one is due is stuck, however it got
+        so: it consumes again from the record after the last one read (records
+        read twice are skipped by offset, so a needless reopen costs a re-read,
+        nothing else). The caller's own timeout still bounds the wait.
+        """
+        while True:
+            seen = self._last_offset
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), self._tail_patience)
+            except TimeoutError:
+                if self._last_offset == seen and self._tail is not None:
+                    log.warning("state.tail_stalled", last_offset=seen,
+                                waited_s=self._tail_patience)
+                    self._tail.reopen("stalled: a record of ours not read back")
+            else:
+                return
 
     # -- reading ---------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ and two things left it dead for good:
 
 So the tail owns a plain channel of the connection's current transport, and
 one task (`_keep`) opens it again, from the record after the last one read,
-whenever it closes or its consumer is cancelled. Nothing here depends on
+whenever it closes, its consumer is cancelled, or `reopen` asks (a reader
+that waits too long for its own record, `StateLog`). Nothing here depends on
 aio-pika's restore flags.
 """
 
@@ -64,6 +65,11 @@ class StreamTail:
         assert self._task is None, "opened twice"
         await self._consume()
         self._task = asyncio.ensure_future(self._keep())
+
+    def reopen(self, why: str) -> None:
+        """Drop the consumer and consume again, from the record after the last one read."""
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(why)
 
     async def close(self) -> None:
         task, self._task = self._task, None

@@ -11,7 +11,8 @@ import aiormq.abc
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.state import declare_state_stream
+from daemon.records import Registered
+from daemon.state import StateLog, declare_state_stream
 from daemon.tail import StreamTail
 from tests.support import Broker, wait_until
 
@@ -49,3 +50,24 @@ async def test_a_consumer_the_broker_cancels_is_made_again(amqp: Broker):
     finally:
         await tail.close()
 
+
+async def test_a_tail_that_reads_nothing_while_a_record_of_ours_is_due_consumes_again(
+    amqp: Broker,
+):
+    """The tail's consumer is gone without a word (here: cancelled from our side, so no
+    notice comes): `sync` does not wait its whole timeout, the tail consumes again."""
+    state = StateLog(amqp.connection, amqp.topo, "test", tail_patience=0.5)
+    await state.start()
+    try:
+        channel = state._tail._channel if state._tail else None
+        assert isinstance(channel, aiormq.Channel)
+        for tag in list(channel.consumers):
+            await channel.basic_cancel(tag)
+        with capture_logs() as logs:
+            await state.append(Registered(client_id="acme"))
+            await state.sync(timeout=10)
+        assert state.view.clients == {"acme"}
+        assert [e["event"] for e in logs if e["event"].startswith("state.tail")] == [
+            "state.tail_stalled", "state.tail_lost", "state.tail_consuming"]
+    finally:
+        await state.stop()
