@@ -89,7 +89,8 @@ fuzz: venv broker
 	FUZZ_ITEMS=$(FUZZ_ITEMS) FUZZ_CONTROL=$(FUZZ_CONTROL) FUZZ_SEED=$(FUZZ_SEED) \
 		$(BIN)/pytest -q -s tests/e2e/test_fuzz_campaign.py
 
-# Not part of `make test`: about 4 minutes and three extra brokers (docs/cluster.md).
+# Not part of `make test` (.ci/run runs it after): about 3 minutes and three extra brokers
+# (docs/cluster.md).
 # KEEP_CLUSTER=1 leaves the nodes running for the next run (`scripts/rabbitmq-cluster.sh down`).
 KEEP_CLUSTER ?=
 cluster-test: venv

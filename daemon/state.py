@@ -41,12 +41,12 @@ import structlog
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
-    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
+from daemon.tail import StreamTail
 from daemon.topology import Topology, declare_client_queue, declare_topology
 from daemon.view import View
 
@@ -58,6 +58,9 @@ PREFETCH = 500
 # How long start-up waits for anything at all from the snapshot pointer's offset
 # before it takes the pointer for one left over from a stream since re-created.
 POINTER_PATIENCE = 30.0
+# A record of ours, confirmed by the broker, that the tail has not read back this long,
+# while it read nothing else either: the tail is stuck, consume again (`_read_back`).
+TAIL_PATIENCE = 15.0
 PART_BYTES = 256 * 1024
 """No snapshot part is larger than this (one entry larger than it goes alone)."""
 KIND = "x-s2s-kind"
@@ -222,8 +225,10 @@ class StateLog:
         *,
         snapshot_every: int = 1000,
         should_snapshot: Callable[[], bool] = lambda: False,
+        tail_patience: float = TAIL_PATIENCE,
     ) -> None:
         self.view = View()
+        self._tail_patience = tail_patience
         self._connection = connection
         self._topo = topo
         self._replica = replica
@@ -231,7 +236,7 @@ class StateLog:
         self._markers: dict[str, asyncio.Future[None]] = {}
         self._last_offset = -1
         self._write: AbstractChannel | None = None
-        self._tail: AbstractRobustChannel | None = None
+        self._tail: StreamTail | None = None
         self._loader: Loader | None = None
         self._snapshot_every = snapshot_every
         self._should_snapshot = should_snapshot
@@ -279,7 +284,7 @@ class StateLog:
         pointer = await self._read_pointer()
         if pointer is not None:
             self._loader = Loader(pointer)
-        await self._open_tail(pointer.start if pointer else "first")
+        await self._open_tail()  # from the pointer's start, or the first record
         try:
             await self.sync(timeout=POINTER_PATIENCE if pointer else 300.0)
         except TimeoutError:
@@ -305,7 +310,7 @@ class StateLog:
     async def _replay_from_first(self) -> None:
         await self._close_tail()
         self._reset(View(), -1)
-        await self._open_tail("first")
+        await self._open_tail()
         await self.sync()
 
     def _reset(self, view: View, offset: int) -> None:
@@ -333,43 +338,21 @@ class StateLog:
             log.warning("state.pointer_ignored", bytes=len(message.body))
         return pointer
 
-    async def _open_tail(self, start: int | str) -> None:
-        tail = await self._connection.channel(publisher_confirms=False)
-        assert isinstance(tail, AbstractRobustChannel)  # reconnects: read on from where we were
-        self._tail = tail
-        await self._tail.set_qos(prefetch_count=PREFETCH)
-        self._tail.reopen_callbacks.add(self._on_tail_reopened)
-        await self._consume(start)
+    async def _open_tail(self) -> None:
+        self._tail = StreamTail(self._connection, self._topo.state, self._on_delivery,
+                                self._next_start, prefetch=PREFETCH)
+        await self._tail.open()
 
-    async def _consume(self, start: int | str) -> None:
-        assert self._tail is not None
-        underlay = await self._tail.get_underlay_channel()
-        await underlay.basic_consume(self._topo.state, self._on_delivery,
-                                     arguments={"x-stream-offset": start})
-
-    async def _on_tail_reopened(self, *_: Any) -> None:
-        """A reconnect: read on from the record after the last one applied.
-
-        RabbitMQ 3.10 may refuse a consume right after a reconnect (the stream's
-        member is not up yet): try again until it takes, or the channel goes.
-        """
-        for attempt in itertools.count():
-            start = self._last_offset + 1 if self._last_offset >= 0 else (
-                self._loader.pointer.start if self._loader else "first")
-            try:
-                await self._consume(start)
-                return
-            except Exception as exc:
-                if self._tail is None or self._tail.is_closed:
-                    return
-                log.warning("state.tail_not_resumed", attempt=attempt, error=repr(exc))
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+    def _next_start(self) -> int | str:
+        """Where the tail reads from: after the last record read, else where start-up begins."""
+        if self._last_offset >= 0:
+            return self._last_offset + 1
+        return self._loader.pointer.start if self._loader else "first"
 
     async def _close_tail(self) -> None:
-        if self._tail is not None and not self._tail.is_closed:
-            self._tail.reopen_callbacks.discard(self._on_tail_reopened)
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
-                await self._tail.close()
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            await tail.close()
 
     async def stop(self) -> None:
         """Stop snapshotting, then close both channels."""
@@ -433,7 +416,7 @@ class StateLog:
         try:
             async with asyncio.timeout(timeout):
                 await self.append(record, mark=mark)
-                await waiter
+                await self._read_back(waiter)
         finally:
             self._markers.pop(mark, None)
 
@@ -444,7 +427,7 @@ class StateLog:
         self._markers[marker] = waiter
         try:
             await self.append(Marker(id=marker))
-            await waiter
+            await self._read_back(waiter)
         except BaseException as exc:
             if not waiter.done():
                 waiter.set_exception(exc if isinstance(exc, Exception) else
@@ -452,6 +435,27 @@ class StateLog:
                 waiter.exception()  # its waiters raise it; nobody left waiting is fine too
         finally:
             self._markers.pop(marker, None)
+
+    async def _read_back(self, waiter: asyncio.Future[None]) -> None:
+        """Wait until the tail reads a record we appended (the broker confirmed it).
+
+        A confirmed record is in the stream, so a tail that reads nothing at all
+        for `tail_patience` seconds while one is due is stuck, however it got
+        so: it consumes again from the record after the last one read (records
+        read twice are skipped by offset, so a needless reopen costs a re-read,
+        nothing else). The caller's own timeout still bounds the wait.
+        """
+        while True:
+            seen = self._last_offset
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), self._tail_patience)
+            except TimeoutError:
+                if self._last_offset == seen and self._tail is not None:
+                    log.warning("state.tail_stalled", last_offset=seen,
+                                waited_s=self._tail_patience)
+                    self._tail.reopen("stalled: a record of ours not read back")
+            else:
+                return
 
     # -- reading ---------------------------------------------------------------------
 

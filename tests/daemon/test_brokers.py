@@ -183,3 +183,29 @@ async def test_the_state_log_reads_on_after_a_second_loss_during_the_restore(pre
             async with connection.channel() as admin:
                 await admin.queue_delete(topo.state)
             await connection.close()
+
+
+async def test_the_state_log_reads_on_after_the_next_node_refuses_its_consume(prefix):
+    """Node 1 dies, and node 2 refuses the tail's first consume (a cluster node does while
+    its member of the stream is restarted): the tail consumes again and reads on."""
+    topo = Topology(prefix)
+    async with broker_proxy() as one, broker_proxy() as two:
+        connection = await connect_robust([one.url, two.url], "test refused", timeout=5)
+        await declare_state_stream(connection, topo)
+        state = StateLog(connection, topo, "test")
+        try:
+            await state.start()
+            two.refuse_consumes(topo.state, 1)
+            one.refusing = True
+            one.cut()
+            await wait_until(lambda: connection.broker == where(two.url)
+                             and connection.connected.is_set(), 15, "node 2")
+            await state.append(Registered(client_id="acme", actor="test", op="1"))
+            await state.sync(timeout=10)
+            assert state.view.clients == {"acme"}
+            assert two.consumes_refused == 1
+        finally:
+            await state.stop()
+            async with connection.channel() as admin:
+                await admin.queue_delete(topo.state)
+            await connection.close()
