@@ -43,7 +43,8 @@ def clients_query(query: Mapping[str, str]) -> ClientsQuery:
         raise BadQuery(f"state must be one of {', '.join(STATES)}")
     limit = query.get("limit") or None
     if limit is not None and not (
-        limit.isascii() and limit.isdigit() and 1 <= int(limit) <= CLIENTS_MAX_LIMIT
+        limit.isascii() and limit.isdigit() and len(limit) <= len(str(CLIENTS_MAX_LIMIT))
+        and 1 <= int(limit) <= CLIENTS_MAX_LIMIT
     ):
         raise BadQuery(f"limit must be a whole number from 1 to {CLIENTS_MAX_LIMIT}")
     after = query.get("after") or None

@@ -217,7 +217,9 @@ def unrouted_limit(text: str | None) -> int | None:
     """Pure: `?limit=` as a number of items, or None if it is not one we serve."""
     if text is None:
         return UNROUTED_LIMIT
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= UNROUTED_MAX_LIMIT:
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(UNROUTED_MAX_LIMIT))):
+        return None  # (int() refuses past 4,300 digits: a ValueError, a 500)
+    if not 1 <= int(text) <= UNROUTED_MAX_LIMIT:
         return None
     return int(text)
 

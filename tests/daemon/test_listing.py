@@ -36,6 +36,7 @@ AFTER_ERROR = ("after must be a client id (1 to 64 characters from A-Z a-z 0-9 _
     ({"limit": "ten"}, LIMIT_ERROR),
     ({"limit": "2.5"}, LIMIT_ERROR),
     ({"limit": "\u0662"}, LIMIT_ERROR),  # a digit, but not an ASCII one
+    ({"limit": "9" * 5000}, LIMIT_ERROR),  # past what int() reads (ValueError, then 500)
     ({"after": "a/b"}, AFTER_ERROR),
     ({"after": "x" * 65}, AFTER_ERROR),
     ({"after": "acme\n"}, AFTER_ERROR),
