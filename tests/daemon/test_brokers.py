@@ -12,7 +12,7 @@ from daemon.channels import ConsumerChannels
 from daemon.records import Registered
 from daemon.state import StateLog, declare_state_stream
 from daemon.topology import Topology
-from tests.proxy import broker_proxy
+from tests.proxy import BrokerProxy, broker_proxy
 from tests.support import AMQP_URL, free_port, stays, wait_until
 
 
@@ -42,6 +42,15 @@ def test_scrub_takes_every_password_of_the_list_out_of_a_text():
     urls = split_urls("amqp://a:PW-ONE@n1/,amqp://b:PW-TWO@n2/,amqp://n3/")
     text = "failed amqp://a:PW-ONE@n1/ then amqp://b:PW-TWO@n2/"
     assert scrub(text, urls) == "failed amqp://a:***@n1/ then amqp://b:***@n2/"
+
+
+async def _kill_node(dead: BrokerProxy, to: BrokerProxy, connection: FailoverConnection,
+                     what: str) -> None:
+    """Node `dead` goes (its links cut, new ones refused): wait for `connection` on `to`."""
+    dead.refusing = True
+    dead.cut()
+    await wait_until(lambda: connection.broker == where(to.url)
+                     and connection.connected.is_set(), 15, what)
 
 
 async def test_connect_robust_skips_a_node_that_does_not_answer():
@@ -75,11 +84,7 @@ async def test_a_robust_connection_moves_to_the_next_node_when_it_loses_one():
                 got.append(message.body)
 
             await queue.consume(keep, no_ack=True)
-            one.refusing = True
-            one.cut()
-            await wait_until(lambda: connection.broker == where(two.url)
-                             and connection.connected.is_set(), 15,
-                             "the connection to come back through node 2")
+            await _kill_node(one, two, connection, "the connection to come back through node 2")
             await _publish_until_received(connection, queue.name, got)
         finally:
             await connection.close()
@@ -138,10 +143,7 @@ async def test_a_queue_out_of_reach_does_not_keep_the_connection_down(prefix):
             other = await connection.channel()
             async with connection.channel() as admin:
                 await admin.queue_delete(name)
-            one.refusing = True
-            one.cut()
-            await wait_until(lambda: connection.broker == where(two.url)
-                             and connection.connected.is_set(), 15,
+            await _kill_node(one, two, connection,
                              "the connection to come back without the missing queue")
             # It stays up (aio-pika alone would drop it and try again every second)...
             await stays(lambda: connection.connected.is_set(), 2.5, "the connection dropped")
@@ -166,15 +168,9 @@ async def test_the_state_log_reads_on_after_a_second_loss_during_the_restore(pre
         state = StateLog(connection, topo, "test")
         try:
             await state.start()
-            one.refusing = True
-            one.cut()
-            await wait_until(lambda: connection.broker == where(two.url)
-                             and connection.connected.is_set(), 15, "node 2")
+            await _kill_node(one, two, connection, "node 2")
             await asyncio.sleep(gap)
-            two.refusing = True
-            two.cut()
-            await wait_until(lambda: connection.broker == where(three.url)
-                             and connection.connected.is_set(), 15, "node 3")
+            await _kill_node(two, three, connection, "node 3")
             await state.append(Registered(client_id="acme", actor="test", op="1"))
             await state.sync(timeout=10)
             assert state.view.clients == {"acme"}
@@ -196,10 +192,7 @@ async def test_the_state_log_reads_on_after_the_next_node_refuses_its_consume(pr
         try:
             await state.start()
             two.refuse_consumes(topo.state, 1)
-            one.refusing = True
-            one.cut()
-            await wait_until(lambda: connection.broker == where(two.url)
-                             and connection.connected.is_set(), 15, "node 2")
+            await _kill_node(one, two, connection, "node 2")
             await state.append(Registered(client_id="acme", actor="test", op="1"))
             await state.sync(timeout=10)
             assert state.view.clients == {"acme"}
