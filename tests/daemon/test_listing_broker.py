@@ -156,6 +156,13 @@ class Gate:
         found: Depths = await self._real(connection, names, *args)
         return found
 
+    async def hold_next_walk(self, sup: Any) -> None:
+        """After the walk at start-up, ask for another (a read) and wait until it is held."""
+        await wait_until(lambda: sup.depth_cache.walks > 0, 10, "the first walk")
+        self.open.clear()
+        assert sup.depth_cache.depths  # a reader: the next walk starts, and is held
+        await asyncio.wait_for(self.waiting.wait(), 10)
+
 
 @pytest.fixture
 def gate(monkeypatch) -> Gate:
@@ -171,10 +178,7 @@ async def test_listings_scrapes_and_status_answer_while_a_walk_is_held_and_start
     walk's depths, and not one of them walks the queues."""
     async with running(listing_settings) as sup:
         base = f"http://127.0.0.1:{listing_settings.http_port}"
-        await wait_until(lambda: sup.depth_cache.walks > 0, 10, "the first walk")
-        gate.open.clear()
-        assert sup.depth_cache.depths  # a reader: the next walk starts, and is held
-        await asyncio.wait_for(gate.waiting.wait(), 10)
+        await gate.hold_next_walk(sup)
         calls, walks = gate.calls, sup.depth_cache.walks
         async with asyncio.timeout(10):
             listings = [await _get(base, "/api/v1/clients?limit=5") for _ in range(20)]
@@ -198,10 +202,7 @@ async def test_a_new_clients_depth_is_null_until_the_next_walk_shows_it(
     shows the items waiting behind its pause."""
     async with running(listing_settings) as sup:
         base = f"http://127.0.0.1:{listing_settings.http_port}"
-        await wait_until(lambda: sup.depth_cache.walks > 0, 10, "the first walk")
-        gate.open.clear()
-        assert sup.depth_cache.depths  # a reader: the next walk starts, and is held
-        await asyncio.wait_for(gate.waiting.wait(), 10)
+        await gate.hold_next_walk(sup)
         await sup.ops.register("newco", actor="tester")
         await sup.ops.pause("newco", actor="tester")
         for n in range(3):
