@@ -7,10 +7,10 @@ clients file (start-up not timed) and 1 % of them paused, waits for the first
 background depth walk, then times, one request after another over one
 keep-alive connection on loopback while the walk keeps going in the
 background: listing pages (the first, after a random id, paused only, 1000
-a page) and /metrics scrapes; then the process's CPU while idle, with the
-depth walker running and stopped. Then the parts that grow with the number of
-clients, without a broker, at 10,000 synthetic clients: cutting a page, and
-rendering /metrics' depth family. Deletes everything it created.
+a page) and /metrics scrapes; then the process's CPU while idle, with a
+reader of the depths once a second and with nobody reading. Then the parts
+that grow with the number of clients, without a broker, at 10,000 synthetic
+clients: cutting a page, and rendering /metrics' depth family. Deletes everything it created.
 """
 
 from __future__ import annotations
@@ -84,14 +84,17 @@ async def _over_http(base: str, ids: list[str], requests: int, scrapes: int) -> 
 
 
 async def _idle_cpu(sup: Supervisor, seconds: float) -> None:
-    """The process's CPU while idle, with the depth walker running and then stopped."""
-    for what in ("with the depth walker", "without it"):
+    """The process's CPU while idle: with a reader of the depths once a second (a scraper,
+    an open console: the walker walks for it), then with nobody reading (it does not)."""
+    for what, reading in (("with a reader once a second", True), ("with nobody reading", False)):
         walks, cpu, wall = sup.depth_cache.walks, time.process_time(), time.perf_counter()
-        await asyncio.sleep(seconds)
+        for _ in range(round(seconds)):
+            if reading:
+                sup.depth_cache.depths  # noqa: B018 - reading is what asks for the next walk
+            await asyncio.sleep(1)
         share = (time.process_time() - cpu) / (time.perf_counter() - wall)
         print(f"idle CPU {what}: {share:.1%} of a core over {seconds:.0f} s "
               f"({sup.depth_cache.walks - walks} walks)")
-        await sup.depth_cache.stop()
 
 
 def _synthetic(count: int) -> None:
@@ -157,7 +160,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--scrapes", type=int, default=20)
     parser.add_argument("--idle", type=float, default=30.0,
-                        help="seconds of each idle CPU window (walker on, then off)")
+                        help="seconds of each idle CPU window (a reader, then none)")
     parser.add_argument("--prefix", default=f"s2sbenchl{os.getpid()}")
     args = parser.parse_args()
     configure("json", "warning")
