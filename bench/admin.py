@@ -43,8 +43,8 @@ import aiohttp
 import orjson
 
 from bench.broker import AMQP_URL, delete_everything
-from daemon.producer import DIRECT_REPLY_TO, item_message
-from daemon.topology import Topology
+from daemon.broker.producer import DIRECT_REPLY_TO, item_message
+from daemon.broker.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "admin"

@@ -3,7 +3,7 @@
     .venv/bin/python bench/blocking.py --clients 1000 --items 20 --queue-type quorum
 
 N registered clients each get M `system.noop` items. Both sides drain the
-same queues (declared with `daemon.topology`: quorum by default, single
+same queues (declared with `daemon.broker.topology`: quorum by default, single
 active consumer), with prefetch 1 per consumer and one ack per item:
 
 * raw: bench/raw.py as a child process, one plain aio-pika consumer per

@@ -14,8 +14,8 @@ from typing import Any
 from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from daemon.producer import item_message
-from daemon.topology import Topology, declare_client_queue, declare_topology
+from daemon.broker.producer import item_message
+from daemon.broker.topology import Topology, declare_client_queue, declare_topology
 
 AMQP_URL = os.environ.get("S2SQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ITEM_TYPE = "system.noop"

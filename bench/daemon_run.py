@@ -20,7 +20,7 @@ import aio_pika
 from bench import machine
 from bench.broker import AMQP_URL, clients_toml, items_left
 from bench.window import START_TIMEOUT_S, Setup, Window, measure, stop_child
-from daemon.producer import NoAnswer, send_control
+from daemon.broker.producer import NoAnswer, send_control
 
 ROOT = Path(__file__).resolve().parent.parent
 DAEMON = ROOT / ".venv" / "bin" / "s2s-queue"

@@ -2,7 +2,7 @@
 
     python bench/depths.py --queues 2000 [--queue-type classic] [--prefix s2sbenchd]
 
-Declares the queues (not timed), then times `daemon.depths.queue_depths` over
+Declares the queues (not timed), then times `daemon.broker.depths.queue_depths` over
 all of them with 1, 2, 4 and 8 channels (best of 3), and deletes them again.
 """
 
@@ -15,7 +15,7 @@ import time
 
 import aio_pika
 
-from daemon.depths import queue_depths
+from daemon.broker.depths import queue_depths
 
 AMQP_URL = os.environ.get("S2SQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -52,9 +52,9 @@ from bench.broker import (
     delete_everything,
     publish_all,
 )
-from daemon.producer import item_message, send_control
-from daemon.replicas import preferred
-from daemon.topology import Topology
+from daemon.broker.producer import item_message, send_control
+from daemon.broker.replicas import preferred
+from daemon.broker.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_S = 10.0
@@ -122,7 +122,7 @@ async def replicas(args: argparse.Namespace, workdir: Path) -> AsyncIterator[lis
 def spawn(env: dict[str, str], log_path: Path) -> Replica:
     """`s2s-queue run` as a child process, logging to `log_path`."""
     with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     return Replica(proc, log_path)
 

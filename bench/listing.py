@@ -29,9 +29,9 @@ import aio_pika
 import aiohttp
 from prometheus_client import CollectorRegistry, generate_latest
 
-from daemon.listing import page_after
+from daemon.core.metrics import Gauges, _Snapshot
 from daemon.logs import configure
-from daemon.metrics import Gauges, _Snapshot
+from daemon.operations.listing import page_after
 from daemon.settings import Settings
 from daemon.supervisor import Supervisor
 from tests.support import free_port, purge

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from daemon.items import Parsed
-from daemon.metrics import SUCCEEDED, ItemMetrics
-from daemon.runtime import call_handler
+from daemon.core.items import Parsed
+from daemon.core.metrics import SUCCEEDED, ItemMetrics
+from daemon.core.runtime import call_handler
 from handlers.base import Handler, Item
 
 

@@ -6,7 +6,7 @@ N `system.noop` items (`--items`, round `--clients` client ids) are drained
 from a queue of `--queue-type` (quorum by default, as the daemon's) by:
 
 * raw: bench/raw.py as a child process, one aio-pika consumer on
-  `<prefix>.nonblocking` (declared with `daemon.topology`), prefetch
+  `<prefix>.nonblocking` (declared with `daemon.broker.topology`), prefetch
   `--prefetch` (32, the daemon's S2SQ_NONBLOCKING_CONCURRENCY), a callback
   that only acks: the baseline (ratio 1.00);
 * daemon: the real `s2s-queue run` as a child, its own defaults, no client

@@ -26,7 +26,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from daemon.topology import Topology
+from daemon.broker.topology import Topology
 
 CONSUMERS_PER_CHANNEL = 100  # as the daemon's default S2SQ_CONSUMERS_PER_CHANNEL
 AMQP_URL = os.environ.get("S2SQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -53,7 +53,7 @@ from aio_pika.abc import AbstractConnection
 from bench import machine
 from bench.broker import AMQP_URL, client_ids, clients_toml, delete_everything
 from bench.window import stop_child
-from daemon.topology import Topology
+from daemon.broker.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "scale-bench-admin-token"  # noqa: S105 (a daemon of the benchmark's own)

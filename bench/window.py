@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractRobustConnection
 from bench import machine
 from bench.broker import client_ids, delete_everything, prefill
 from bench.machine import Cpu
-from daemon.topology import Topology
+from daemon.broker.topology import Topology
 
 START_TIMEOUT_S = 600  # a child attaching its consumers (1,000 quorum queues take seconds)
 DISTURBED_CORES = 0.15  # other processes' CPU (in cores) above which a window is marked

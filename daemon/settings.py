@@ -24,8 +24,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from daemon.brokers import split_urls, url_problem
-from daemon.topology import Topology
+from daemon.broker.brokers import split_urls, url_problem
+from daemon.broker.topology import Topology
 
 
 class Settings(BaseSettings):
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     )
 
     # One URL, or several (nodes of one cluster) separated by commas: the daemon
-    # uses one and moves to the next when it loses it (daemon/brokers.py).
+    # uses one and moves to the next when it loses it (daemon/broker/brokers.py).
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     prefix: str = Field("s2s", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     queue_type: Literal["quorum", "classic"] = "quorum"
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # https:// also marks the console's cookies Secure: behind a TLS proxy the
     # daemon itself only ever sees plain HTTP.
     console_url: str | None = None
-    # Notifications (daemon/outbox.py). A retry that fails again within the quiet
+    # Notifications (daemon/core/outbox.py). A retry that fails again within the quiet
     # period sends no second mail; non-blocking failures of one client within the
     # digest window after a mail are gathered into one digest at the window's end.
     notify_quiet_period: float = Field(3600.0, ge=0)
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     handler_timeout: float = Field(60.0, gt=0)
     shutdown_timeout: float = Field(30.0, ge=0)
-    # Seconds between two walks of every client queue's depth (daemon/depths.py), at
+    # Seconds between two walks of every client queue's depth (daemon/broker/depths.py), at
     # least four times as long as the last walk took; listings and /metrics read the
     # last walk's answers.
     depth_refresh: float = Field(5.0, gt=0)

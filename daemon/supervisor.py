@@ -24,31 +24,31 @@ import structlog
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from daemon import systemd
-from daemon.blocking import BlockingConsumer
-from daemon.brokers import connect_robust
-from daemon.channels import PLACING, ConsumerChannels
-from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
-from daemon.control import Control
-from daemon.depths import DepthCache, queue_depths
-from daemon.events import Events
-from daemon.failed import FailedStore
-from daemon.leader import Leadership
-from daemon.metrics import ItemMetrics, Samples
-from daemon.nonblocking import NonBlockingPool
-from daemon.operations import OperationError, Operations
-from daemon.outbox import Outbox
-from daemon.outcomes import Outcomes
-from daemon.records import Record, Registered, Resumed
-from daemon.replicas import Replicas
-from daemon.runtime import Runtime
-from daemon.settings import Settings
-from daemon.state import StateLog
-from daemon.topology import (
+from daemon.broker.brokers import connect_robust
+from daemon.broker.channels import PLACING, ConsumerChannels
+from daemon.broker.depths import DepthCache, queue_depths
+from daemon.broker.leader import Leadership
+from daemon.broker.replicas import Replicas
+from daemon.broker.topology import (
     declare_delay_queues,
     declare_notify_queues,
     declare_topology,
 )
-from daemon.unrouted import UnroutedWatch
+from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
+from daemon.core.blocking import BlockingConsumer
+from daemon.core.events import Events
+from daemon.core.failed import FailedStore
+from daemon.core.metrics import ItemMetrics, Samples
+from daemon.core.nonblocking import NonBlockingPool
+from daemon.core.outbox import Outbox
+from daemon.core.outcomes import Outcomes
+from daemon.core.records import Record, Registered, Resumed
+from daemon.core.runtime import Runtime
+from daemon.core.state import StateLog
+from daemon.core.unrouted import UnroutedWatch
+from daemon.faces.control import Control
+from daemon.operations.admin import OperationError, Operations
+from daemon.settings import Settings
 from daemon.workers import WorkerProcesses
 from handlers import load_handlers
 from handlers.base import Handler
@@ -252,7 +252,7 @@ class Supervisor:
         if self.settings.http_port == 0:
             yield
             return
-        from daemon.http import serve  # the core never imports HTTP at module level
+        from daemon.faces.http import serve  # the core never imports HTTP at module level
 
         async with serve(self):
             yield
@@ -378,7 +378,7 @@ class Supervisor:
     async def depths(self, client_ids: list[str]) -> dict[str, int | None]:
         """Messages ready in each client's queue; None if the queue is gone.
 
-        Read on a few channels side by side (`daemon.depths`): 10,000 clients
+        Read on a few channels side by side (`daemon.broker.depths`): 10,000 clients
         take 1.2-2.3 s instead of 3-4.5 s on one channel.
         """
         names = {self.topo.client_queue(client_id): client_id for client_id in client_ids}

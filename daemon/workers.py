@@ -18,7 +18,7 @@ children, in its cgroup.
   every worker did (or `START_TIMEOUT_S` passed: it logs and goes on).
 * **Metrics**: on the same pipe the worker sends its item counters and
   histogram about every `REPORT_EVERY_S` when they changed; the supervisor's
-  `/metrics` adds them to its own (`daemon.metrics.Merged`), keeping a dead
+  `/metrics` adds them to its own (`daemon.core.metrics.Merged`), keeping a dead
   worker's last report, so the counters never go back. What a worker counted
   after its last report before it died is not counted.
 * **Signals**: the supervisor passes SIGHUP (reload the clients file) and
@@ -52,10 +52,10 @@ import structlog
 from aio_pika.abc import AbstractRobustConnection
 
 from daemon import logs
-from daemon.brokers import connect_robust
+from daemon.broker.brokers import connect_robust
 from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
-from daemon.events import Events
-from daemon.metrics import (
+from daemon.core.events import Events
+from daemon.core.metrics import (
     ItemMetrics,
     Samples,
     add_samples,
@@ -63,12 +63,12 @@ from daemon.metrics import (
     encode_samples,
     item_samples,
 )
-from daemon.nonblocking import NonBlockingPool
-from daemon.outbox import Outbox
-from daemon.outcomes import Outcomes
-from daemon.runtime import Runtime
+from daemon.core.nonblocking import NonBlockingPool
+from daemon.core.outbox import Outbox
+from daemon.core.outcomes import Outcomes
+from daemon.core.runtime import Runtime
+from daemon.core.state import StateLog
 from daemon.settings import Settings
-from daemon.state import StateLog
 from handlers import load_handlers
 from handlers.base import Handler
 from handlers.context import HandlerContext

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon import mail  # noqa: E402 (after the path is set)
-from daemon.notifications import Failure  # noqa: E402
-from daemon.notify_rules import digest_entry, fold  # noqa: E402
+from daemon.core.notifications import Failure  # noqa: E402
+from daemon.core.notify_rules import digest_entry, fold  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 
 OUT = ROOT / "docs" / "notifications"

@@ -25,11 +25,11 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
 from bench.broker import active_consumers
-from daemon.producer import DIRECT_REPLY_TO, Producer, item_message, send_control
+from daemon.broker.producer import DIRECT_REPLY_TO, Producer, item_message, send_control
+from daemon.broker.topology import Topology
+from daemon.core.state import StateLog
 from daemon.settings import Settings
-from daemon.state import StateLog
 from daemon.supervisor import Supervisor
-from daemon.topology import Topology
 
 __all__ = ["active_consumers"]  # and the rest; re-exported from bench.broker for the tests
 
@@ -222,7 +222,7 @@ class Broker:
 
     async def register(self, *clients: str) -> None:
         """Register clients straight in the broker, as `s2s-queue clients add` does."""
-        from daemon.state import register_client
+        from daemon.core.state import register_client
 
         for client in clients:
             await register_client(self.connection, self.topo, client, "tester", "test")
@@ -276,7 +276,7 @@ class Broker:
         queue (`tap`: its name; a robust channel on a cluster declares it again by name,
         which a server-named one cannot be)."""
         async with self.connection.channel() as setup:
-            from daemon.topology import declare_topology
+            from daemon.broker.topology import declare_topology
             await declare_topology(setup, self.topo)
         channel = await self.connection.channel()
         queue = await channel.declare_queue(tap, exclusive=True, auto_delete=True,
@@ -424,7 +424,7 @@ class DaemonProcess:
 async def daemon_process(env: dict[str, str], log_path: Path) -> AsyncIterator[DaemonProcess]:
     full_env = {**os.environ, **env}
     with log_path.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run"], cwd=ROOT,
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT)
     daemon = DaemonProcess(proc, log_path)
     try:

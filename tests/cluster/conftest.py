@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from daemon.brokers import FailoverConnection, connect_robust, where
-from daemon.topology import Topology
+from daemon.broker.brokers import FailoverConnection, connect_robust, where
+from daemon.broker.topology import Topology
 from tests.support import ROOT, Broker, FakeShop, purge, serve
 
 SCRIPT = ROOT / "scripts" / "rabbitmq-cluster.sh"

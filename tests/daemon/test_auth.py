@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from daemon.clients import ClientConfig
-from daemon.http.auth import Identity, authenticate, bearer_token
+from daemon.faces.http.auth import Identity, authenticate, bearer_token
 
 ADMIN = SecretStr("admin-token-1")
 ACME_TOKEN = "acme-console-token"

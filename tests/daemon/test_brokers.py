@@ -1,4 +1,5 @@
-"""The broker list: URLs for logs without passwords, and failover along it (daemon/brokers.py)."""
+"""The broker list: URLs for logs without passwords, and failover along it
+(daemon/broker/brokers.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import asyncio
 import aio_pika
 import pytest
 
-from daemon.brokers import FailoverConnection, censor, connect_robust, scrub, split_urls, where
-from daemon.channels import ConsumerChannels
-from daemon.records import Registered
-from daemon.state import StateLog, declare_state_stream
-from daemon.topology import Topology
+from daemon.broker.brokers import (
+    FailoverConnection,
+    censor,
+    connect_robust,
+    scrub,
+    split_urls,
+    where,
+)
+from daemon.broker.channels import ConsumerChannels
+from daemon.broker.topology import Topology
+from daemon.core.records import Registered
+from daemon.core.state import StateLog, declare_state_stream
 from tests.proxy import BrokerProxy, broker_proxy
 from tests.support import AMQP_URL, free_port, stays, wait_until
 
@@ -132,7 +140,7 @@ async def test_a_queue_out_of_reach_does_not_keep_the_connection_down(prefix):
         try:
             async with connection.channel() as admin:
                 await admin.declare_queue(name, durable=False, auto_delete=False)
-            watch = await connection.channel()  # as daemon/unrouted.py: passive, then consume
+            watch = await connection.channel()  # as daemon/core/unrouted.py: passive, then consume
             queue = await watch.declare_queue(name, passive=True)
             got: list[bytes] = []
 

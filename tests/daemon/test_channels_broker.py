@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from daemon.channels import FILLING, ConsumerChannels
+from daemon.broker.channels import FILLING, ConsumerChannels
 from tests.proxy import broker_proxy
 from tests.support import AMQP_URL, wait_until
 
@@ -39,7 +39,7 @@ class Gated:
         self.lost += 1
         self.started.clear()
 
-    # What a cycle asks (daemon.replicas): never busy, never parked.
+    # What a cycle asks (daemon.broker.replicas): never busy, never parked.
     busy = False
     holds_park = False
 

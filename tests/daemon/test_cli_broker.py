@@ -20,7 +20,7 @@ async def cli(*argv: str, **env: str) -> tuple[int, str, str]:
     """Run `s2s-queue` with only these S2SQ_* variables; its exit code, stdout and stderr."""
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("S2SQ_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon.cli", *argv, cwd=ROOT, env={**clean, **env},
+        sys.executable, "-m", "daemon", *argv, cwd=ROOT, env={**clean, **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -126,7 +126,7 @@ async def test_output_to_a_reader_that_left_ends_quietly(prefix, tmp_path, amqp:
     os.close(read)  # the reader is gone before anything is written
     async with running(settings_for(prefix, tmp_path, http_port=0)):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon.cli", "status", cwd=ROOT,
+            sys.executable, "-m", "daemon", "status", cwd=ROOT,
             env={**clean, "S2SQ_AMQP_URL": AMQP_URL, "S2SQ_PREFIX": prefix},
             stdout=write, stderr=asyncio.subprocess.PIPE)
         os.close(write)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.cli import build_parser, control_request, main
+from daemon.faces.cli import build_parser, control_request, main
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 import handlers
-from daemon.cli import main
+from daemon.faces.cli import main
 from handlers import BUILTIN_HANDLERS, ENTRY_POINT_GROUP
 from handlers.reference import markdown
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.control import parse_control, reply_to_allowed
-from daemon.operations import OperationError
+from daemon.faces.control import parse_control, reply_to_allowed
+from daemon.operations.admin import OperationError
 
 
 @pytest.mark.parametrize(

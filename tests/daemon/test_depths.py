@@ -1,4 +1,5 @@
-"""The depth cache's walker (daemon/depths.py) with a fake walk: no broker, no waiting readers."""
+"""The depth cache's walker (daemon/broker/depths.py) with a fake walk: no broker, no
+waiting readers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.depths import DUTY, DepthCache, Depths
+from daemon.broker.depths import DUTY, DepthCache, Depths
 
 pytestmark = pytest.mark.timeout(30)
 

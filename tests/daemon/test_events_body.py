@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.events import EVENTS, event_body
+from daemon.core.events import EVENTS, event_body
 
 COMMON = ("event", "client_id", "message_id", "type", "queue", "at")
 

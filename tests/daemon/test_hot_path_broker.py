@@ -25,8 +25,8 @@ from aio_pika.message import IncomingMessage
 from structlog._base import BoundLoggerBase
 
 from daemon import logs
-from daemon.metrics import ItemMetrics
-from daemon.producer import Producer
+from daemon.broker.producer import Producer
+from daemon.core.metrics import ItemMetrics
 from tests.support import Broker, FakeShop, clients_toml, running, settings_for, wait_until
 
 pytestmark = pytest.mark.timeout(90)

@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.records import Record, Unfailed
-from daemon.state import StateLog
+from daemon.core.records import Record, Unfailed
+from daemon.core.state import StateLog
 from daemon.supervisor import Supervisor
 from tests.support import (
     Broker,

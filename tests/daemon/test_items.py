@@ -8,7 +8,7 @@ import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from daemon.items import BadItem, Parsed, describe_payload_error, parse_item
+from daemon.core.items import BadItem, Parsed, describe_payload_error, parse_item
 from handlers import load_handlers
 from handlers.base import Handler
 from handlers.products import SyncPayload

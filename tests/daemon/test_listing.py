@@ -1,10 +1,17 @@
-"""Paging clients by id (daemon/listing.py): the query's checks and the pages, without a broker."""
+"""Paging clients by id (daemon/operations/listing.py): the query's checks and the pages,
+without a broker."""
 
 from __future__ import annotations
 
 import pytest
 
-from daemon.listing import CLIENTS_LIMIT, BadQuery, ClientsQuery, clients_query, page_after
+from daemon.operations.listing import (
+    CLIENTS_LIMIT,
+    BadQuery,
+    ClientsQuery,
+    clients_query,
+    page_after,
+)
 
 IDS = [f"c{n:03}" for n in range(10)]
 

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.depths import Depths, queue_depths
+from daemon.broker.depths import Depths, queue_depths
 from tests.support import (
     Broker,
     FakeShop,

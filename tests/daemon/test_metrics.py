@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from daemon.metrics import (
+from daemon.core.metrics import (
     FAILED_FINAL,
     SKIPPED,
     SUCCEEDED,
@@ -18,7 +18,7 @@ from daemon.metrics import (
     item_samples,
     merged_item_metrics,
 )
-from daemon.runtime import call_handler
+from daemon.core.runtime import call_handler
 from handlers.base import Context, Item
 from handlers.errors import PermanentError, TransientError
 from tests.daemon.test_runtime import NoContext, parsed

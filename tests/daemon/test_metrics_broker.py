@@ -5,7 +5,7 @@ from __future__ import annotations
 import aio_pika
 import pytest
 
-from daemon.depths import queue_depths
+from daemon.broker.depths import queue_depths
 from tests.proxy import broker_proxy
 from tests.support import (
     Broker,

@@ -188,9 +188,9 @@ async def _fail_unacked(amqp: Broker, order_id: str) -> aio_pika.abc.AbstractCha
     """A replica that recorded an order's failure and died before its ack: the order is
     held unacked on a channel of the test's own, its `failed` record in the state log.
     Closing the channel hands the order back, redelivered."""
-    from daemon.nonblocking import stored_message
-    from daemon.records import Failed
-    from daemon.state import append_record, declare_state_stream
+    from daemon.core.nonblocking import stored_message
+    from daemon.core.records import Failed
+    from daemon.core.state import append_record, declare_state_stream
 
     await declare_state_stream(amqp.connection, amqp.topo)
     await amqp.order("acme", order_id)

@@ -7,9 +7,17 @@ from typing import Any
 import pytest
 
 from daemon import mail, webhooks
-from daemon.notifications import Failure, summarize
-from daemon.notify_rules import REMEMBER_S, Plan, Rules, decide, digest_entry, empty_memory, fold
-from daemon.records import as_dict
+from daemon.core.notifications import Failure, summarize
+from daemon.core.notify_rules import (
+    REMEMBER_S,
+    Plan,
+    Rules,
+    decide,
+    digest_entry,
+    empty_memory,
+    fold,
+)
+from daemon.core.records import as_dict
 from daemon.settings import Settings
 
 RULES = Rules(quiet_period=3600, digest_window=300)

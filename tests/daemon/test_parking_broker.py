@@ -1,6 +1,6 @@
 """The park protocol's holes of the release-2 review, each tried on the real broker.
 
-Every test here failed on the code before `daemon/parking.py` (see the closing
+Every test here failed on the code before `daemon/core/parking.py` (see the closing
 note of that change for which); the protocol itself is in docs/parking.md.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from daemon.operations import OperationError
+from daemon.operations.admin import OperationError
 from daemon.supervisor import Supervisor
 from tests.support import (
     Broker,

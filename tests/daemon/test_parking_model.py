@@ -1,6 +1,6 @@
 """The park protocol under every interleaving Hypothesis finds: the real `Parking`, fake broker.
 
-A Hypothesis state machine drives two replicas' `daemon.parking.Parking` for
+A Hypothesis state machine drives two replicas' `daemon.core.parking.Parking` for
 one client queue of three items, with an in-memory double of the broker (a
 single-active-consumer queue with prefetch 1) and of the state log (one
 ordered list of records; each replica's view lags and catches up; appends
@@ -32,10 +32,10 @@ from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from pydantic import BaseModel
 
-from daemon.items import BadItem, Parsed
-from daemon.parking import OperationError, Parking, Phase, Work
-from daemon.records import Marker, Parked, Paused, Record, Resumed, Unparked, digest_of
-from daemon.view import View
+from daemon.core.items import BadItem, Parsed
+from daemon.core.parking import OperationError, Parking, Phase, Work
+from daemon.core.records import Marker, Parked, Paused, Record, Resumed, Unparked, digest_of
+from daemon.core.view import View
 from handlers.base import Handler, Item
 from handlers.errors import PermanentError
 
@@ -394,7 +394,7 @@ class ParkingMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.losses < 4)
     @rule(replica=st.integers(0, REPLICAS - 1))
     def hand_over_begins(self, replica: int) -> None:
-        """daemon.replicas moves the client's line: new deliveries wait unrun (`hold`)."""
+        """daemon.broker.replicas moves the client's line: new deliveries wait unrun (`hold`)."""
         self._inside(self.parkings[replica].hold)
         self._settle()
 
@@ -402,7 +402,7 @@ class ParkingMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def hand_over_ends(self, data: st.DataObject) -> None:
         """The pool's cycle: close the channel if the consumer is idle and holds no park,
-        else give up; either way the hold ends (daemon.channels.ConsumerChannels.cycle)."""
+        else give up; either way the hold ends (daemon.broker.channels.ConsumerChannels.cycle)."""
         self.end_hand_over(data.draw(st.sampled_from(
             [r for r, p in enumerate(self.parkings) if p.holding])))
 

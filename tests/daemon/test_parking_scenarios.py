@@ -2,7 +2,7 @@
 
 Each scenario drives the state machine of `test_parking_model.py` through one
 fixed sequence of events (the model explores all of them; these are the ones
-that broke the code before `daemon/parking.py`), checking its invariants after
+that broke the code before `daemon/core/parking.py`), checking its invariants after
 every step and the outcome at the end.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.parking import Phase
-from daemon.records import Parked
+from daemon.core.parking import Phase
+from daemon.core.records import Parked
 from tests.daemon.test_parking_model import ParkingMachine
 
 

@@ -1,4 +1,4 @@
-"""Preference and lines (daemon/replicas.py), pure: no broker."""
+"""Preference and lines (daemon/broker/replicas.py), pure: no broker."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.channels import Group
-from daemon.replicas import Replicas, needs_cycle, preferred
-from daemon.topology import Topology
+from daemon.broker.channels import Group
+from daemon.broker.replicas import Replicas, needs_cycle, preferred
+from daemon.broker.topology import Topology
 
 CLIENTS = [f"c{n:04}" for n in range(1000)]
 
@@ -90,7 +90,7 @@ class Sim:
         self.place(replica, [c for c in self.clients if c not in mine])
 
     def rebalance(self, replica: str) -> bool:
-        """One pass of daemon.replicas._rebalance_once; True if a group moved."""
+        """One pass of daemon.broker.replicas._rebalance_once; True if a group moved."""
         moved = False
         for group in list(self.groups.get(replica, [])):
             _label, members, stamp = group

@@ -9,9 +9,9 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 from structlog.testing import capture_logs
 
-from daemon.items import Parsed
-from daemon.metrics import ItemMetrics
-from daemon.runtime import backoff, call_handler
+from daemon.core.items import Parsed
+from daemon.core.metrics import ItemMetrics
+from daemon.core.runtime import backoff, call_handler
 from handlers.base import Context, Handler, HandlerFunc, Item
 from handlers.errors import PermanentError, TransientError
 

@@ -7,8 +7,8 @@ import hashlib
 from pydantic import SecretStr
 
 from daemon.clients import ClientConfig
-from daemon.http.auth import Identity
-from daemon.http.sessions import SESSION_SECONDS, Signer, issue, read
+from daemon.faces.http.auth import Identity
+from daemon.faces.http.sessions import SESSION_SECONDS, Signer, issue, read
 
 ADMIN = SecretStr("admin-token")
 NOW = 1_800_000_000.0

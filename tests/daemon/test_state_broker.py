@@ -12,7 +12,8 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from structlog.testing import capture_logs
 
-from daemon.records import (
+from daemon.broker.topology import Topology
+from daemon.core.records import (
     Failed,
     Marker,
     Parked,
@@ -23,9 +24,8 @@ from daemon.records import (
     StoredMessage,
     decode,
 )
-from daemon.state import PART_BYTES, StateLog
-from daemon.topology import Topology
-from daemon.view import View
+from daemon.core.state import PART_BYTES, StateLog
+from daemon.core.view import View
 from tests.support import Broker, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -275,7 +275,7 @@ async def test_a_pointer_beyond_the_end_of_a_replaced_stream_falls_back_to_a_ful
     """The state stream was deleted and declared again, its snapshot pointer left over:
     start-up reads the new stream from its first record instead of waiting, forever, for
     an offset it will not reach (found by bench/admin.py, issue 17)."""
-    monkeypatch.setattr("daemon.state.POINTER_PATIENCE", 2.0)
+    monkeypatch.setattr("daemon.core.state.POINTER_PATIENCE", 2.0)
     with capture_logs() as logs:
         await _replay_with_pointer(amqp, {"snapshot": "old", "covers": 1_000_000,
                                           "from": 1_000_001, "parts": 2})

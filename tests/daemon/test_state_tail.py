@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from daemon.records import Registered, encode
-from daemon.state import StateLog
-from daemon.topology import Topology
+from daemon.broker.topology import Topology
+from daemon.core.records import Registered, encode
+from daemon.core.state import StateLog
 
 
 def delivery(offset: int, client: str, channel: object) -> SimpleNamespace:

@@ -11,9 +11,9 @@ import aiormq.abc
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.records import Registered
-from daemon.state import StateLog, declare_state_stream
-from daemon.tail import StreamTail
+from daemon.broker.tail import StreamTail
+from daemon.core.records import Registered
+from daemon.core.state import StateLog, declare_state_stream
 from tests.support import Broker, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.topology import Topology
+from daemon.broker.topology import Topology
 
 
 @pytest.mark.parametrize("prefix", ["s2s", "test-42_a"])

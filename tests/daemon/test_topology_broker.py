@@ -7,8 +7,8 @@ import asyncio
 import aio_pika
 import pytest
 
-from daemon.producer import item_message
-from daemon.topology import Topology, declare_client_queue, declare_topology
+from daemon.broker.producer import item_message
+from daemon.broker.topology import Topology, declare_client_queue, declare_topology
 from tests.support import Broker
 
 pytestmark = pytest.mark.timeout(60)

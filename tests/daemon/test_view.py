@@ -1,4 +1,4 @@
-"""The fold of the state log (daemon.view): fences, check-and-set, the failed store. Pure."""
+"""The fold of the state log (daemon.core.view): fences, check-and-set, the failed store. Pure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from daemon.records import (
+from daemon.core.records import (
     Announced,
     Claimed,
     Failed,
@@ -24,7 +24,7 @@ from daemon.records import (
     display_payload,
     encode,
 )
-from daemon.view import LOST_BODY, View
+from daemon.core.view import LOST_BODY, View
 
 
 def fold(*records: Record) -> View:

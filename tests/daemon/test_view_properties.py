@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.records import (
+from daemon.core.records import (
     Announced,
     Claimed,
     DigestAdded,
@@ -35,8 +35,8 @@ from daemon.records import (
     decode,
     encode,
 )
-from daemon.state import Loader, Pointer, pack
-from daemon.view import View
+from daemon.core.state import Loader, Pointer, pack
+from daemon.core.view import View
 
 clients = st.sampled_from(["a", "b"])
 mids = st.sampled_from(["M1", "M2", None])

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from daemon.state import StateLog
+from daemon.core.state import StateLog
 from tests.support import (
     Broker,
     FakeShop,

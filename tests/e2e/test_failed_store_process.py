@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from daemon.producer import item_message
+from daemon.broker.producer import item_message
 from tests.support import (
     Broker,
     FakeShop,

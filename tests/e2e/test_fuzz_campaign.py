@@ -31,9 +31,9 @@ import aiohttp
 import orjson
 import pytest
 
-from daemon.producer import DIRECT_REPLY_TO
-from daemon.records import encode
-from daemon.state import StateLog
+from daemon.broker.producer import DIRECT_REPLY_TO
+from daemon.core.records import encode
+from daemon.core.state import StateLog
 from tests.fuzz import Item, control_message, draw, item_strategy
 from tests.sinks import HOOK_SECRET, HookSink, MailSink
 from tests.support import (

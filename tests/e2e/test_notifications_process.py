@@ -85,7 +85,7 @@ async def test_an_announce_repeated_after_a_crash_is_decided_as_a_duplicate(
     prefix, tmp_path, amqp: Broker, shop: FakeShop, smtp: MailSink, hooks: HookSink
 ):
     """The same park queued twice (a daemon died before recording the announce) mails once."""
-    from daemon.notifications import Failure
+    from daemon.core.notifications import Failure
 
     env = _env(prefix, tmp_path, shop, smtp, hooks)
     job = Failure("acme", "blocking", "m-1", "product.sync", "HTTP 503", 3,

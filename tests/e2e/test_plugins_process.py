@@ -23,7 +23,7 @@ def test_a_plugin_that_fails_to_import_stops_start_up_naming_it(tmp_path):
     install_entry_point(tmp_path, "no_such_module_s2s:HANDLERS")
     env = {**os.environ, **daemon_env("unused", S2SQ_AMQP_URL="amqp://guest:guest@127.0.0.1:1/"),
            "PYTHONPATH": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "daemon", "run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [(

@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from daemon.replicas import preferred
+from daemon.broker.replicas import preferred
 from tests.support import (
     Broker,
     DaemonProcess,

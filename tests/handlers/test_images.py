@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from yarl import URL
 
 from daemon.clients import ClientConfig
-from daemon.items import describe_payload_error
+from daemon.core.items import describe_payload_error
 from daemon.settings import Settings
 from handlers.connectors.images import address_kind, sniff, verify
 from handlers.context import HandlerContext

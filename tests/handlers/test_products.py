@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from daemon.clients import ClientConfig
-from daemon.items import describe_payload_error
+from daemon.core.items import describe_payload_error
 from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError
 from handlers.products import DeletePayload, SyncPayload, delete_product, sync_product

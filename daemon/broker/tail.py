@@ -1,0 +1,134 @@
+"""One consumer on a stream, kept going across lost connections, refusals and cancels.
+
+The state log's tail (`daemon.core.state`) must read on after anything the broker
+does, or every `sync` waits. It used to be a raw `basic_consume` on an
+aio-pika robust channel, consumed again from the channel's reopen callback,
+and two things left it dead for good:
+
+* **A consume refused during the restore** — the stall of the cluster tests
+  (docs/cluster.md). For a few tens of milliseconds after a stream's leader
+  node dies, the other nodes refuse a consume of it: `PRECONDITION_FAILED -
+  … does not have a replica on the local node` (the channel is closed) or
+  `RESOURCE_ERROR - … does not have a running local replica` (the whole
+  connection is). The daemon reconnects to the next node within that time.
+  aio-pika was still restoring the channel when the broker closed it, so it
+  ignored the close (a channel being restored is not restored again), the
+  reopen callback gave up on a closed channel, and aio-pika then marked the
+  channel restored: closed, and reopened by nothing until the next lost
+  connection.
+* **A consumer cancelled by the broker** (`basic.cancel`: the stream
+  deleted, say): the channel stays open with no consumer, and aio-pika
+  recovers only the consumers it made itself.
+
+So the tail owns a plain channel of the connection's current transport, and
+one task (`_keep`) opens it again, from the record after the last one read,
+whenever it closes, its consumer is cancelled, or `reopen` asks (a reader
+that waits too long for its own record, `StateLog`). Nothing here depends on
+aio-pika's restore flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import aiormq.abc
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+
+log = structlog.get_logger()
+
+Start = Callable[[], int | str]
+"""Where the next consumer starts (`x-stream-offset`): asked at every (re)open."""
+
+
+class StreamTail:
+    """A consumer on `queue` that a task keeps open; `start()` says from where."""
+
+    def __init__(self, connection: AbstractRobustConnection, queue: str,
+                 on_delivery: aiormq.abc.ConsumerCallback, start: Start, *,
+                 prefetch: int) -> None:
+        self._connection = connection
+        self._queue = queue
+        self._on_delivery = on_delivery
+        self._start = start
+        self._prefetch = prefetch
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._lost: asyncio.Future[str] | None = None  # resolves with why the consumer went
+        self._task: asyncio.Task[None] | None = None
+        self.opened = 0  # consumers made (the first included)
+
+    async def open(self) -> None:
+        """Consume now (errors raise: the caller retries start-up), then keep consuming."""
+        assert self._task is None, "opened twice"
+        await self._consume()
+        self._task = asyncio.ensure_future(self._keep())
+
+    def reopen(self, why: str) -> None:
+        """Drop the consumer and consume again, from the record after the last one read."""
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(why)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop()
+
+    async def _consume(self) -> None:
+        transport = self._connection.transport
+        if transport is None or transport.connection.is_closed:
+            raise ConnectionError("no connection to consume the stream on")
+        channel = await transport.connection.channel(publisher_confirms=False)
+        self._channel = channel
+        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._lost = lost
+
+        def on_close(closing: asyncio.Future[Any]) -> None:
+            if not lost.done():
+                error = None if closing.cancelled() else closing.exception()
+                lost.set_result(f"channel closed: {error!r}")
+
+        def on_cancel(_frame: Any) -> None:
+            if not lost.done():
+                lost.set_result("consumer cancelled by the broker")
+
+        channel.closing.add_done_callback(on_close)
+        channel.on_consumer_cancel_callbacks.add(on_cancel)
+        start = self._start()
+        await channel.basic_qos(prefetch_count=self._prefetch)
+        await channel.basic_consume(self._queue, self._on_delivery,
+                                    arguments={"x-stream-offset": start})
+        self.opened += 1
+        log.info("state.tail_consuming", start=start, channel=channel.number,
+                 consumers=self.opened)
+
+    async def _keep(self) -> None:
+        """Wait until the consumer goes, then consume again; back off while that fails."""
+        attempt = 0
+        while True:
+            if self._lost is not None:
+                why = await self._lost
+                log.warning("state.tail_lost", why=why, next_start=self._start())
+            await self._drop()
+            try:
+                await self._connection.ready()
+                await self._consume()
+            except Exception as exc:  # refused, or the connection went again
+                log.warning("state.tail_not_resumed", attempt=attempt, error=repr(exc))
+                await self._drop()
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                attempt += 1
+            else:
+                attempt = 0
+
+    async def _drop(self) -> None:
+        """Close the current channel, if it is still open; forget it."""
+        channel, self._channel, self._lost = self._channel, None, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()

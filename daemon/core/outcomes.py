@@ -1,0 +1,121 @@
+"""The one place an item's outcome is reported: metric, log line, event, notification.
+
+The parking module and the non-blocking pool decide what happened to an
+item; this module says it, the same way every time. Events and the log are
+announcements, not state: what must last is in the state log before any of
+these run (docs/parking.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+from daemon import logs
+from daemon.core.items import Parsed
+from daemon.core.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED, UNROUTED
+from daemon.core.notifications import Failure, Resumed
+from daemon.core.records import Parked, Scope
+from daemon.core.runtime import Runtime
+from daemon.core.state import utcnow
+
+log = structlog.get_logger()
+
+BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError)
+
+
+class Outcomes:
+    """Reports items' outcomes for one daemon."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    async def succeeded(self, parsed: Parsed, attempts: int, started: float) -> None:
+        """The one log line (and, if asked for, the event) of an item that succeeded."""
+        rt, item = self._rt, parsed.item
+        rt.metrics.count(item.type, item.queue, SUCCEEDED)
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        logs.hot_info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
+                      type=item.type, queue=item.queue, attempts=attempts,
+                      duration_ms=duration_ms)
+        if rt.settings.succeeded_events:
+            await rt.events.publish(
+                "item.succeeded", client_id=item.client_id, message_id=item.message_id,
+                type_=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms,
+            )
+
+    async def attempt_failed(self, parsed: Parsed, attempt: int, error: str) -> None:
+        """An attempt failed and will be tried again (in place, or after a delay)."""
+        item = parsed.item
+        self._rt.metrics.count(item.type, item.queue, FAILED_TRANSIENT)
+        log.info("item.attempt_failed", client_id=item.client_id, message_id=item.message_id,
+                 type=item.type, queue=item.queue, attempt=attempt, error=error)
+        await self._rt.events.publish(
+            "item.failed", client_id=item.client_id, message_id=item.message_id,
+            type_=item.type, queue=item.queue, error=error, attempt=attempt, final=False,
+        )
+
+    def parked(self, park: Parked, *, repeated: bool) -> None:
+        """A park is recorded (announced separately, once)."""
+        self._rt.metrics.count(park.type, "blocking", FAILED_FINAL)
+        log.warning("item.parked", client_id=park.client_id, message_id=park.message_id,
+                    type=park.type, queue="blocking", attempts=park.attempts, error=park.error,
+                    repeated=repeated, gone=park.gone)
+
+    def still_parked(self, park: Parked) -> None:
+        log.info("item.still_parked", client_id=park.client_id, message_id=park.message_id,
+                 type=park.type)
+
+    async def announce(self, park: Parked) -> bool:
+        """The park's events and notification; False if the notification was not queued."""
+        rt, scope, mid = self._rt, park.client_id, park.message_id
+        await rt.events.publish("item.failed", client_id=scope, message_id=mid, type_=park.type,
+                                queue="blocking", error=park.error, attempt=park.attempts,
+                                final=True)
+        await rt.events.publish("client.parked", client_id=scope, message_id=mid,
+                                type_=park.type, queue="blocking", error=park.error)
+        try:
+            await rt.notifier.parked(Failure(
+                client_id=scope, queue="blocking", message_id=mid, type=park.type,
+                error=park.error, attempts=park.attempts, at=park.failed_at,
+                payload=park.payload, repeated=park.since != park.failed_at,
+            ))
+        except BROKER_ERRORS as exc:
+            log.warning("notify.not_queued", client_id=scope, message_id=mid, type=park.type,
+                        error=repr(exc))
+            return False
+        return True
+
+    async def resumed(self, scope: Scope, park: Parked | None, how: str, actor: str) -> None:
+        """A parked or paused client runs again."""
+        rt = self._rt
+        mid = park.message_id if park else None
+        type_ = park.type if park else None
+        log.info("client.resumed", client_id=scope, message_id=mid, type=type_, how=how,
+                 actor=actor)
+        await rt.events.publish("client.resumed", client_id=scope, message_id=mid, type_=type_,
+                                queue="blocking", how=how, actor=actor)
+        try:
+            await rt.notifier.resumed(Resumed(scope, mid, type_, how, actor, utcnow()))
+        except BROKER_ERRORS as exc:  # the resume stands even if its webhook is not queued
+            log.warning("notify.not_queued", client_id=scope, message_id=mid, type=type_,
+                        error=repr(exc))
+
+    async def skipped(self, client_id: str, message_id: str | None, type_: str | None,
+                      queue: str, actor: str, reason: str | None) -> None:
+        """An item was archived without running (a parked one, or a failed one)."""
+        self._rt.metrics.count(type_, queue, SKIPPED)
+        log.info("item.skipped", client_id=client_id, message_id=message_id, type=type_,
+                 queue=queue, actor=actor, reason=reason)
+        await self._rt.events.publish("item.skipped", client_id=client_id, message_id=message_id,
+                                      type_=type_, queue=queue, actor=actor, reason=reason)
+
+    async def unrouted(self, client_id: str, message_id: str | None, type_: str | None) -> None:
+        """A blocking item for a client that is not registered landed in the unrouted queue."""
+        self._rt.metrics.count(type_, "blocking", UNROUTED)
+        log.info("item.unrouted", client_id=client_id, message_id=message_id, type=type_,
+                 queue="blocking")
+        await self._rt.events.publish("item.unrouted", client_id=client_id,
+                                      message_id=message_id, type_=type_, queue="blocking")

@@ -1,0 +1,110 @@
+"""What the consumers share, and the one place a handler is called."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+from daemon import logs
+from daemon.broker.topology import Topology
+from daemon.core.events import Events
+from daemon.core.items import Parsed
+from daemon.core.metrics import SUCCEEDED, ItemMetrics
+from daemon.core.notifications import Notifier, Resumed
+from daemon.core.state import StateLog
+from daemon.settings import Settings
+from handlers.base import Context, Handler, Item
+from handlers.errors import HandlerError, PermanentError, TransientError
+
+log = structlog.get_logger()
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Settings, broker handles and collaborators every consumer needs."""
+
+    settings: Settings
+    topo: Topology
+    handlers: Mapping[str, Handler]
+    context: Context
+    events: Events
+    state: StateLog
+    notifier: Notifier
+    confirm_channel: AbstractChannel
+    replica: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    metrics: ItemMetrics = field(default_factory=ItemMetrics)
+
+    async def publish_confirmed(
+        self, message: aio_pika.Message, *, routing_key: str, exchange: str = ""
+    ) -> None:
+        """Publish and wait for the broker's confirm (raises if it was not routed or refused)."""
+        target = (
+            self.confirm_channel.default_exchange
+            if exchange == ""
+            else await self.confirm_channel.get_exchange(exchange, ensure=False)
+        )
+        await target.publish(message, routing_key=routing_key, mandatory=True)
+
+
+async def report_success(rt: Runtime, parsed: Parsed, attempts: int, started: float) -> None:
+    """The one log line and the `item.succeeded` event of an item that succeeded."""
+    item = parsed.item
+    rt.metrics.count(item.type, item.queue, SUCCEEDED)
+    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    logs.hot_info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
+                  type=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms)
+    if rt.settings.succeeded_events:
+        await rt.events.publish(
+            "item.succeeded", client_id=item.client_id, message_id=item.message_id,
+            type_=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms,
+        )
+
+
+async def notify_resumed(rt: Runtime, resumed: Resumed) -> None:
+    """Queue the `client.resumed` webhook; the resume stands even if the broker refuses it."""
+    try:
+        await rt.notifier.resumed(resumed)
+    except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+        log.warning("notify.not_queued", client_id=resumed.client_id,
+                    message_id=resumed.message_id, type=resumed.type, error=repr(exc))
+
+
+async def call_handler(
+    parsed: Parsed, attempt: int, context: Context, timeout: float, metrics: ItemMetrics
+) -> None:
+    """Run one attempt of an item, timed into `metrics`; every failure comes out as a HandlerError.
+
+    Raises:
+        TransientError: the handler said so, or it ran past `timeout`.
+        PermanentError: the handler said so, or it crashed (a bug: logged with traceback).
+    """
+    item = parsed.item
+    if attempt != item.attempt:
+        item = Item(item.message_id, item.type, item.client_id, item.payload, item.queue, attempt)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await parsed.handler.func(item, context)
+    except HandlerError:
+        raise
+    except TimeoutError:
+        raise TransientError(f"{item.type} timed out after {timeout:g} s") from None
+    except Exception as exc:
+        log.exception("handler.crashed", client_id=item.client_id, message_id=item.message_id,
+                      type=item.type)
+        raise PermanentError(f"{item.type} crashed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        metrics.observe(item.type, item.queue, time.perf_counter() - started)
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based): base * 2**(n-1), capped."""
+    return float(min(cap, base * 2 ** (attempt - 1)))

@@ -1,0 +1,214 @@
+"""Control messages on `<prefix>.control` (SPEC section 5).
+
+Every replica binds its own exclusive queue to the fanout exchange and
+receives every control message. Each is acted on through `Operations` and,
+when `reply_to` and `correlation_id` are set, answered with
+`{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The actor is the
+broker-validated `user_id` property when set, else the `actor` field.
+
+The answer is published with the daemon's permissions, so `reply_to` must
+name a queue the caller made for it: a server-named queue (`amq.gen-...`,
+which only the broker can name) or direct reply-to (`amq.rabbitmq.reply-to`).
+Any other `reply_to` (the state snapshot pointer, a client's queue) is a
+hostile or broken caller: the message is refused unread and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from daemon.broker.leader import Leadership
+from daemon.broker.producer import DIRECT_REPLY_TO
+from daemon.broker.topology import Topology
+from daemon.operations.admin import OperationError, Operations
+
+log = structlog.get_logger()
+
+Action = Callable[..., Awaitable[dict[str, Any]]]
+SERVER_NAMED = "amq.gen-"
+
+
+def reply_to_allowed(reply_to: str | None) -> bool:
+    """Pure: whether the daemon may publish an answer to `reply_to` (None: no answer wanted).
+
+    Names under `amq.` cannot be declared by clients, so `amq.gen-...` is always
+    a queue the broker named for its declarer; the broker gives direct
+    reply-to's requester the form `amq.rabbitmq.reply-to.<token>`.
+    """
+    return (not reply_to or reply_to.startswith(SERVER_NAMED)
+            or reply_to == DIRECT_REPLY_TO or reply_to.startswith(DIRECT_REPLY_TO + "."))
+
+
+def parse_control(body: bytes, user_id: str | None) -> tuple[str, dict[str, Any]]:
+    """Pure: the action and its keyword arguments, or OperationError saying what is wrong."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise OperationError("control message is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise OperationError("control message is not a JSON object")
+    action = data.get("action")
+    if not isinstance(action, str) or not action:
+        raise OperationError("control message has no action")
+    args: dict[str, Any] = {}
+    for key in ("client_id", "message_id", "reason"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise OperationError(f"{key} must be a string")
+        if value is not None:
+            args[key] = value
+    actor = user_id or data.get("actor")
+    args["actor"] = actor if isinstance(actor, str) and actor else "unknown"
+    return action, args
+
+
+class Control:
+    """Consumes control messages for one replica and answers them."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topo: Topology,
+        ops: Operations,
+        replica: str,
+        leadership: Leadership,
+    ) -> None:
+        self._connection = connection
+        self._topo = topo
+        self._ops = ops
+        self._leadership = leadership
+        self._queue_name = f"{topo.control}.{replica}"
+        self._channel: AbstractChannel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=64)
+        queue = await self._channel.declare_queue(
+            self._queue_name, exclusive=True, auto_delete=True, durable=False,
+            arguments={"x-queue-type": "classic"},
+        )
+        await queue.bind(self._topo.control)
+        await queue.consume(self._on_message)
+
+    async def stop(self) -> None:
+        """Stop taking control messages; wait for the ones being carried out."""
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()  # a command: if we die mid-way the caller times out and asks again
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        # Every replica gets a copy with the same properties: the same op everywhere, so
+        # two replicas that both act on it (two leaders for a moment) do one thing.
+        op = message.correlation_id or message.message_id
+        try:
+            if not reply_to_allowed(message.reply_to):
+                _log_refused_reply_to(message)
+                return
+            answer = await self.handle(message.body, message.user_id, op)
+            if answer is not None:
+                await self._reply(message, answer)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def handle(self, body: bytes, user_id: str | None,
+                     op: str | None = None) -> dict[str, Any] | None:
+        """Carry out one control message; the answer, or None when another replica answers."""
+        try:
+            action, args = parse_control(body, user_id)
+        except OperationError as exc:
+            return {"ok": False, "error": str(exc)} if self._leadership.is_leader else None
+        if op:
+            args["op"] = op
+        if not await self._answers(action, args.get("client_id")):
+            return None
+        try:
+            result = await self.dispatch(action, args)
+        except OperationError as exc:
+            log.info("control.refused", error=str(exc))
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control.failed")
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+        return {"ok": True, **result}
+
+    async def _answers(self, action: str, client_id: str | None) -> bool:
+        """Whether this replica acts on and answers the message (exactly one replica does).
+
+        The replica holding a parked item answers `retry`/`skip` for it; the
+        leader answers everything else, and says "not parked" only after
+        reading the state log up to now finds no park held elsewhere.
+        """
+        if action in ("retry", "skip") and client_id:
+            if self._ops.holds_park(client_id):
+                return True
+            if not self._leadership.is_leader:
+                return False
+            await self._ops.sync()
+            return not self._ops.parked_anywhere(client_id)
+        return self._leadership.is_leader
+
+    async def dispatch(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        ops = self._ops
+        client_id = args.pop("client_id", None)
+        log.info("control.received", action=action, client_id=client_id, actor=args["actor"])
+        if action == "status":
+            return await ops.status(client_id)
+        if action == "list_unrouted":  # an addition to SPEC section 5, for `unrouted list`
+            return await ops.unrouted()
+        needs_client: dict[str, Action] = {
+            "retry": ops.retry, "skip": ops.skip, "pause": ops.pause, "resume": ops.resume,
+            "register": ops.register, "replay_unrouted": ops.replay_unrouted,
+        }
+        if action in needs_client:
+            if not client_id:
+                raise OperationError(f"{action} needs a client_id")
+            if action == "register":
+                return await ops.register(client_id, args["actor"], args.get("op"))
+            if action in ("retry", "skip"):
+                args["forward"] = False  # this replica holds it, or nobody does
+            return await needs_client[action](client_id, **args)
+        if action == "list_failed":  # an addition to SPEC section 5, for `failed list`
+            return {"items": ops.failed(client_id)}
+        if action == "retry_failed":
+            return await ops.retry_failed(args.pop("message_id", None), **args)
+        if action == "skip_failed":
+            return await ops.skip_failed(args.pop("message_id", None), **args)
+        raise OperationError(f"unknown action {action[:40]!r}")
+
+    async def _reply(self, message: AbstractIncomingMessage, answer: dict[str, Any]) -> None:
+        if not message.reply_to or not message.correlation_id or self._channel is None:
+            return
+        try:
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(orjson.dumps(answer), content_type="application/json",
+                                 correlation_id=message.correlation_id),
+                routing_key=message.reply_to,
+                mandatory=False,  # a requester gone before its answer is normal (a CLI's ^C)
+            )
+        except Exception:
+            log.warning("control.reply_failed", exc_info=True)
+
+
+def _log_refused_reply_to(message: AbstractIncomingMessage) -> None:
+    """One warning naming who asked for what, and where the answer was to go."""
+    try:
+        action, args = parse_control(message.body, message.user_id)
+        actor: str = args["actor"]
+    except OperationError:
+        action, actor = "?", message.user_id or "unknown"
+    log.warning("control.reply_to_refused", action=action[:40], actor=actor[:100],
+                reply_to=str(message.reply_to)[:255])

@@ -1,0 +1,250 @@
+"""Routes of SPEC section 8: /healthz, /readyz, /metrics and the JSON API under /api/v1.
+
+Every action goes through `Operations`, exactly like a control message, and
+answers the same JSON: `{"ok": true, ...}` or `{"ok": false, "error": ...}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from daemon.faces.http.auth import Identity, authenticate, bearer_token
+from daemon.operations.admin import (
+    UNROUTED_LIMIT,
+    UNROUTED_MAX_LIMIT,
+    OperationError,
+    UnknownClient,
+    UnknownItem,
+)
+from daemon.operations.listing import BadQuery, clients_query
+
+if TYPE_CHECKING:
+    from daemon.supervisor import Supervisor
+
+log = structlog.get_logger()
+
+SUPERVISOR = web.AppKey("supervisor", object)
+IDENTITY = web.RequestKey("identity", Identity)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACTIONS = ("retry", "skip", "pause", "resume")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error(status: int, message: str) -> web.Response:
+    return json_response({"ok": False, "error": message}, status)
+
+
+def _sup(request: web.Request) -> Supervisor:
+    return request.app[SUPERVISOR]  # type: ignore[return-value]
+
+
+@web.middleware
+async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate /api/ requests; turn operation errors, and any error under /api/, into JSON."""
+    if request.path.startswith("/api/"):
+        sup = _sup(request)
+        token = bearer_token(request.headers.get("Authorization"))
+        identity = authenticate(token, sup.settings.admin_token, sup.clients)
+        if identity is None:
+            return error(401, "missing or wrong bearer token")
+        request[IDENTITY] = identity
+    try:
+        return await handler(request)
+    except UnknownClient as exc:
+        return error(404, str(exc))
+    except OperationError as exc:
+        return error(409, str(exc))
+    except web.HTTPException as exc:  # no such route or method: JSON too, under /api/
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        answer = error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+        if "Allow" in exc.headers:
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
+    except Exception:  # the last resort, as aiohttp's own, but answered in JSON
+        if not request.path.startswith("/api/"):
+            raise
+        return _failed(request)
+
+
+def _failed(request: web.Request) -> web.Response:
+    """An /api/ request that raised: the broker is away (503), or a bug (500, logged)."""
+    if not _sup(request).connected:  # aiormq raises a bare RuntimeError on a closed link
+        log.warning("http.broker_unavailable", method=request.method, path=request.path)
+        return error(503, "not connected to the broker; try again shortly")
+    log.exception("http.crashed", method=request.method, path=request.path)
+    return error(500, "internal error; the daemon's log has the details")
+
+
+def _identity(request: web.Request) -> Identity:
+    identity: Identity = request[IDENTITY]
+    return identity
+
+
+def _visible_client(request: web.Request) -> str:
+    client_id = request.match_info["client_id"]
+    if not _identity(request).may_see(client_id):
+        raise UnknownClient(f"client {client_id!r} is not registered")
+    return client_id
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise OperationError("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise OperationError("request body must be a JSON object")
+    return data
+
+
+def _text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise OperationError(f"{key} must be a string")
+    return value or None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    sup = _sup(request)
+    if not sup.ready:
+        return json_response({"ready": False, "reason": "starting or stopping"}, 503)
+    if not sup.connected:
+        return json_response({"ready": False, "reason": "not connected to the broker"}, 503)
+    return json_response({"ready": True, "clients": len(sup.consumers)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; open like the health checks (client ids label the queue depths)."""
+    from daemon.core.metrics import CONTENT_TYPE, render
+
+    body = await render(_sup(request))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    """A page of clients by id, `?state=&limit=&after=` (daemon/operations/listing.py); 400 if bad.
+
+    Depths come from the daemon's depth cache: a listing asks the broker nothing.
+    """
+    try:
+        query = clients_query(request.query)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    return json_response(_sup(request).ops.clients_page(query, _identity(request).client_id))
+
+
+async def get_client(request: web.Request) -> web.Response:
+    return json_response(await _sup(request).ops.client(_visible_client(request)))
+
+
+async def register_client(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    if not identity.is_admin:
+        raise UnknownClient("only an admin may register clients")
+    client_id = _text(await _body(request), "client_id")
+    if not client_id:
+        raise OperationError("client_id is required")
+    result = await _sup(request).ops.register(client_id, identity.name)
+    return json_response({"ok": True, **result}, 201 if result["created"] else 200)
+
+
+async def client_action(request: web.Request) -> web.Response:
+    client_id = _visible_client(request)
+    action = request.match_info["action"]
+    if action not in ACTIONS:
+        raise web.HTTPNotFound
+    data = await _body(request)
+    ops = _sup(request).ops
+    kwargs = {"actor": _identity(request).name, "message_id": _text(data, "message_id"),
+              "reason": _text(data, "reason")}
+    result = await getattr(ops, action)(client_id, **kwargs)
+    return json_response({"ok": True, **result})
+
+
+async def list_failed(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    client_id = request.query.get("client_id") or None
+    if client_id is not None and not identity.may_see(client_id):
+        raise UnknownClient(f"client {client_id!r} is not registered")
+    items = _sup(request).ops.failed(client_id if identity.is_admin else identity.client_id)
+    return json_response({"items": items})
+
+
+async def failed_action(request: web.Request) -> web.Response:
+    identity = _identity(request)
+    message_id = request.match_info["message_id"]
+    action = request.match_info["action"]
+    ops = _sup(request).ops
+    if action not in ("retry", "skip"):
+        raise web.HTTPNotFound
+    record = ops.failed_item(message_id)
+    if record is None or not identity.may_see(record.client_id):
+        raise UnknownItem(f"no failed item with message_id {message_id!r}")
+    data = await _body(request)
+    if action == "retry":
+        result = await ops.retry_failed(message_id, actor=identity.name)
+    else:
+        result = await ops.skip_failed(message_id, actor=identity.name,
+                                       reason=_text(data, "reason"))
+    return json_response({"ok": True, **result})
+
+
+async def list_unrouted(request: web.Request) -> web.Response:
+    """The oldest unrouted items, at most `?limit=` (default 100, up to 1000), and `more`."""
+    identity = _identity(request)
+    limit = unrouted_limit(request.query.get("limit"))
+    if limit is None:
+        return error(400, f"limit must be a whole number from 1 to {UNROUTED_MAX_LIMIT}")
+    return json_response(await _sup(request).ops.unrouted(identity.client_id, limit))
+
+
+def unrouted_limit(text: str | None) -> int | None:
+    """Pure: `?limit=` as a number of items, or None if it is not one we serve."""
+    if text is None:
+        return UNROUTED_LIMIT
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(UNROUTED_MAX_LIMIT))):
+        return None  # (int() refuses past 4,300 digits: a ValueError, a 500)
+    if not 1 <= int(text) <= UNROUTED_MAX_LIMIT:
+        return None
+    return int(text)
+
+
+async def replay_unrouted(request: web.Request) -> web.Response:
+    client_id = _visible_client(request)
+    result = await _sup(request).ops.replay_unrouted(client_id, actor=_identity(request).name)
+    return json_response({"ok": True, **result})
+
+
+def build_app(supervisor: Supervisor) -> web.Application:
+    app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
+    app[SUPERVISOR] = supervisor
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/clients", list_clients)
+    app.router.add_post("/api/v1/clients", register_client)
+    app.router.add_get("/api/v1/clients/{client_id}", get_client)
+    app.router.add_post("/api/v1/clients/{client_id}/{action}", client_action)
+    app.router.add_get("/api/v1/failed", list_failed)
+    app.router.add_post("/api/v1/failed/{message_id}/{action}", failed_action)
+    app.router.add_get("/api/v1/unrouted", list_unrouted)
+    app.router.add_post("/api/v1/unrouted/{client_id}/replay", replay_unrouted)
+    from daemon.faces.http.console import add_routes
+
+    add_routes(app)
+    return app

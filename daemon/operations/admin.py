@@ -1,0 +1,329 @@
+"""The admin operations, shared by control messages, the HTTP API and the CLI.
+
+Every face calls these and nothing else, so an action means the same
+wherever it comes from. Each returns the fields of a successful answer, or
+raises `OperationError` (`UnknownClient` for a client that is not
+registered) with a readable reason; nothing changes when it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from daemon.clients import InvalidClientId, validate_client_id
+from daemon.core.blocking import BlockingConsumer
+from daemon.core.failed import FailedStore, UnknownItem
+from daemon.core.parking import OperationError, UnknownClient
+from daemon.core.records import Failed, Paused, Resumed
+from daemon.core.unrouted import unrouted_client
+from daemon.operations.listing import ClientsQuery, page_after
+
+if TYPE_CHECKING:
+    from daemon.supervisor import Supervisor
+
+log = structlog.get_logger()
+
+# A queue is read from its head only, and every get carries a whole body, so a
+# listing of unrouted items stops at whichever comes first of: the items it
+# answers, UNROUTED_SCAN_ITEMS messages read (one client's among others'), or
+# UNROUTED_SCAN_BYTES of bodies read (the read that crosses it is the last).
+UNROUTED_LIMIT = 100
+UNROUTED_MAX_LIMIT = 1000
+UNROUTED_SCAN_ITEMS = 10_000
+UNROUTED_SCAN_BYTES = 16 * 1024 * 1024
+__all__ = ["OperationError", "Operations", "UnknownClient", "UnknownItem"]
+
+
+class Operations:
+    """Admin actions on the clients and queues this daemon serves.
+
+    Every action that changes the state log is check-and-set under an op id
+    (a control message's correlation id, or a fresh one): its side effects
+    follow only if its own record won (docs/parking.md, "Operations").
+    """
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+        self._unrouted_lock = asyncio.Lock()
+        self._ids: list[str] = []  # sorted client ids (`_ordered`)
+
+    @property
+    def _store(self) -> FailedStore:
+        return self._sup.failed_store
+
+    # -- clients -------------------------------------------------------------
+
+    async def register(self, client_id: str, actor: str, op: str | None = None,
+                       **_: Any) -> dict[str, Any]:
+        """Create the client's queue (idempotent) and start consuming it."""
+        try:
+            validate_client_id(client_id)
+        except InvalidClientId as exc:
+            raise OperationError(str(exc)) from None
+        created = await self._sup.register(client_id, actor=actor, op=op)
+        return {"client_id": client_id, "created": created}
+
+    def _consumer(self, client_id: str) -> BlockingConsumer:
+        consumer = self._sup.consumers.get(client_id)
+        if consumer is None:
+            raise UnknownClient(f"client {client_id!r} is not registered")
+        return consumer
+
+    def holds_park(self, client_id: str) -> bool:
+        """True if this replica holds the client's parked item."""
+        consumer = self._sup.consumers.get(client_id)
+        return consumer is not None and consumer.parking.holds_park
+
+    def parked_anywhere(self, client_id: str) -> bool:
+        """True if the state log says the client is parked (on any replica)."""
+        return client_id in self._sup.state.view.parked
+
+    async def sync(self) -> None:
+        """Read the state log up to now."""
+        await self._sup.state.sync()
+
+    async def retry(
+        self, client_id: str, *, actor: str, message_id: str | None = None,
+        reason: str | None = None, forward: bool = True, **_: Any,
+    ) -> dict[str, Any]:
+        """Run the parked item once now (SPEC section 4, point 5)."""
+        consumer = self._consumer(client_id)
+        if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
+            return await self._forward("retry", client_id, actor, message_id, reason)
+        return await consumer.parking.retry(message_id or None, actor, reason)
+
+    async def skip(
+        self, client_id: str, *, actor: str, message_id: str | None = None,
+        reason: str | None = None, forward: bool = True, **_: Any,
+    ) -> dict[str, Any]:
+        """Archive the parked item without running it, and resume the client."""
+        consumer = self._consumer(client_id)
+        if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
+            return await self._forward("skip", client_id, actor, message_id, reason)
+        return await consumer.parking.skip(message_id or None, actor, reason)
+
+    async def _forward(
+        self, action: str, client_id: str, actor: str, message_id: str | None,
+        reason: str | None,
+    ) -> dict[str, Any]:
+        """Another replica holds the parked item: ask it through a control message."""
+        from daemon.broker.producer import NoAnswer, send_control
+
+        request = {"action": action, "client_id": client_id, "actor": actor,
+                   "message_id": message_id, "reason": reason}
+        timeout = 10.0 + self._sup.settings.handler_timeout
+        try:
+            answer = await send_control(self._sup.connection, self._sup.topo,
+                                        {k: v for k, v in request.items() if v is not None},
+                                        timeout)
+        except NoAnswer:
+            raise OperationError(
+                f"client {client_id!r} is parked, but the replica holding it did not answer"
+            ) from None
+        if not answer.pop("ok", False):
+            raise OperationError(str(answer.get("error", "refused")))
+        return answer
+
+    async def _won(self, record: Paused | Resumed) -> bool:
+        """Write a check-and-set record and read it back: True if this replica's record won.
+
+        Raises OperationError if another operation's record changed it first.
+        """
+        state = self._sup.state
+        await state.append_and_read(record)
+        winner = state.view.ops.get(record.op)
+        if winner is None:
+            what = "already paused" if isinstance(record, Paused) else "not paused"
+            raise OperationError(f"client {record.client_id!r} is {what}")
+        return winner == self._sup.replica
+
+    async def pause(self, client_id: str, *, actor: str, op: str | None = None,
+                    **_: Any) -> dict[str, Any]:
+        """Stop the client after its current item (durable, like a park)."""
+        consumer = self._consumer(client_id)
+        if consumer.paused:
+            raise OperationError(f"client {client_id!r} is already paused")
+        if await self._won(Paused(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
+            await self._sup.rt.events.publish("client.paused", client_id=client_id,
+                                              message_id=None, type_=None, queue="blocking",
+                                              actor=actor)
+            log.info("client.paused", client_id=client_id, actor=actor)
+        return {"client_id": client_id, "state": "paused"}
+
+    async def resume(self, client_id: str, *, actor: str, op: str | None = None,
+                     **_: Any) -> dict[str, Any]:
+        """Undo a pause; the item held meanwhile runs now."""
+        consumer = self._consumer(client_id)
+        if not consumer.paused:
+            raise OperationError(f"client {client_id!r} is not paused")
+        if await self._won(Resumed(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
+            outcomes = self._sup.outcomes  # after the answer, in the client's order of reports
+            consumer.parking.report_after(lambda: outcomes.resumed(client_id, None, "resume",
+                                                                   actor))
+        return {"client_id": client_id, "state": consumer.state}
+
+    async def client(self, client_id: str) -> dict[str, Any]:
+        """One client as SPEC section 8 shows it, its depth read live (one passive declare)."""
+        self._consumer(client_id)
+        depths = await self._sup.depths([client_id])
+        return self._describe(client_id, depths.get(client_id))
+
+    def clients(self) -> list[dict[str, Any]]:
+        """Every registered client, sorted by id, depths as the last walk found them."""
+        cache = self._sup.depth_cache
+        return [self._describe(c, cache.get(c)) for c in self._ordered()]
+
+    def clients_page(self, query: ClientsQuery, only: str | None = None) -> dict[str, Any]:
+        """One page of clients by id (SPEC section 9): `{"clients", "next"}`.
+
+        `only`: a client's own listing (its console token), whatever the others are.
+        Depths come from the depth cache: no queue is asked for a listing.
+        """
+        state, cache = query.state, self._sup.depth_cache
+        ids, cursor = page_after(self._candidates(state, only), query.after, query.limit,
+                                 lambda c: state is None or self.state_of(c) == state)
+        return {"clients": [self._describe(c, cache.get(c)) for c in ids], "next": cursor}
+
+    def client_counts(self, only: str | None = None) -> dict[str, int]:
+        """How many clients are in each state, and in all (the console's tabs), from the
+        state log's few parked and paused: no walk over every client."""
+        total = len(self._candidates(None, only)) if only else len(self._sup.consumers)
+        parked = len(self._candidates("parked", only))
+        paused = len(self._candidates("paused", only))
+        return {"parked": parked, "paused": paused, "running": total - parked - paused,
+                "all": total}
+
+    def state_of(self, client_id: str) -> str:
+        """parked, paused or running, as the state log says (a park outranks a pause)."""
+        view = self._sup.state.view
+        return ("parked" if client_id in view.parked else
+                "paused" if client_id in view.paused else "running")
+
+    def _candidates(self, state: str | None, only: str | None) -> list[str]:
+        """Sorted ids a page is read from: the few parked or paused, else everyone."""
+        consumers, view = self._sup.consumers, self._sup.state.view
+        if only is not None:
+            mine = [only] if only in consumers else []
+            return [c for c in mine if state is None or self.state_of(c) == state]
+        if state == "parked":
+            return sorted(c for c in view.parked if c in consumers)
+        if state == "paused":
+            return sorted(c for c in view.paused if c in consumers and c not in view.parked)
+        return self._ordered()
+
+    def _ordered(self) -> list[str]:
+        """Every registered client's id, sorted again only when one was added."""
+        consumers = self._sup.consumers
+        if len(self._ids) != len(consumers):  # clients are added, never removed
+            self._ids = sorted(consumers)
+        return self._ids
+
+    async def status(self, client_id: str | None = None) -> dict[str, Any]:
+        """The `status` control action: one client, or all of them (depths from the cache)."""
+        if client_id:
+            return {"client": await self.client(client_id)}
+        return {"clients": self.clients()}
+
+    def _describe(self, client_id: str, depth: int | None) -> dict[str, Any]:
+        """A client as the state log shows it, so every replica answers alike."""
+        view = self._sup.state.view
+        parked = view.parked.get(client_id)
+        paused = client_id in view.paused
+        return {
+            "client_id": client_id,
+            "state": "parked" if parked else "paused" if paused else "running",
+            "paused": paused,
+            "depth": depth,
+            "parked": None if parked is None else {
+                "message_id": parked.message_id, "type": parked.type, "error": parked.error,
+                "attempts": parked.attempts, "since": parked.since, "payload": parked.payload,
+            },
+        }
+
+    # -- failed non-blocking items ----------------------------------------------------
+
+    def failed(self, client_id: str | None = None) -> list[dict[str, Any]]:
+        """Failed non-blocking items, oldest first (SPEC section 8 shape plus `errors`)."""
+        return self._store.items(client_id)
+
+    def failed_item(self, message_id: str) -> Failed | None:
+        return self._store.get(message_id)
+
+    async def retry_failed(self, message_id: str | None, *, actor: str, op: str | None = None,
+                           **_: Any) -> dict[str, Any]:
+        """Put a failed item back on the non-blocking queue with a fresh retry budget."""
+        return await self._store.retry(message_id, actor=actor, op=op)
+
+    async def skip_failed(self, message_id: str | None, *, actor: str,
+                          reason: str | None = None, op: str | None = None,
+                          **_: Any) -> dict[str, Any]:
+        """Archive a failed item with who skipped it and why."""
+        return await self._store.skip(message_id, actor=actor, reason=reason, op=op)
+
+    # -- unrouted --------------------------------------------------------------
+
+    async def unrouted(self, client_id: str | None = None,
+                       limit: int = UNROUTED_LIMIT) -> dict[str, Any]:
+        """The oldest blocking items published for unregistered clients (one client's, given
+        `client_id`): `{"items", "more", "total"}`, bounded as UNROUTED_* say.
+
+        `more` is true when the listing stopped before the end of the queue; `total` is
+        the queue's depth, None for one client's listing (the others are not its business).
+        """
+        items: list[dict[str, Any]] = []
+        read = read_bytes = 0
+        async with self._unrouted_lock, self._sup.browse_unrouted() as queue:
+            depth = queue.declaration_result.message_count or 0
+            while (len(items) < limit and read < UNROUTED_SCAN_ITEMS
+                   and read_bytes < UNROUTED_SCAN_BYTES):
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    depth = read
+                    break
+                read, read_bytes = read + 1, read_bytes + len(message.body)
+                if client_id is None or unrouted_client(message) == client_id:
+                    items.append(_describe_unrouted(message))
+        return {"items": items, "more": read < depth,
+                "total": depth if client_id is None else None}
+
+    async def replay_unrouted(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
+        """Append the client's unrouted items to the tail of its queue, in original order.
+
+        Read one at a time: another client's item is left unacked (it goes back in
+        place when the browse ends) and not kept in memory.
+        """
+        self._consumer(client_id)
+        replayed = 0
+        async with self._unrouted_lock, self._sup.browse_unrouted() as queue:
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                if unrouted_client(message) != client_id:
+                    continue
+                await self._sup.rt.publish_confirmed(
+                    _republish(message), routing_key=client_id,
+                    exchange=self._sup.rt.topo.blocking,
+                )
+                await message.ack()
+                replayed += 1
+        log.info("unrouted.replayed", client_id=client_id, count=replayed, actor=actor)
+        return {"client_id": client_id, "replayed": replayed}
+
+
+def _describe_unrouted(message: AbstractIncomingMessage) -> dict[str, Any]:
+    return {"message_id": message.message_id, "client_id": unrouted_client(message),
+            "type": message.type}
+
+
+def _republish(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A copy of an unrouted item with every property a producer set."""
+    return aio_pika.Message(
+        message.body, headers=dict(message.headers or {}), content_type=message.content_type,
+        content_encoding=message.content_encoding, message_id=message.message_id,
+        type=message.type, timestamp=message.timestamp, correlation_id=message.correlation_id,
+        app_id=message.app_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
