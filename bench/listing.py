@@ -29,7 +29,7 @@ import aio_pika
 import aiohttp
 from prometheus_client import CollectorRegistry, generate_latest
 
-from daemon.core.metrics import Gauges, _Snapshot
+from daemon.faces.http.scrape import Gauges, _Snapshot
 from daemon.logs import configure
 from daemon.operations.listing import page_after
 from daemon.settings import Settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import socket
 import time
@@ -19,9 +20,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
-import aiormq
 import structlog
-from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 
 from daemon import systemd
 from daemon.broker.brokers import connect_robust
@@ -47,7 +47,10 @@ from daemon.core.runtime import Runtime
 from daemon.core.state import StateLog
 from daemon.core.unrouted import UnroutedWatch
 from daemon.faces.control import Control
-from daemon.operations.admin import OperationError, Operations
+from daemon.faces.http.face import Face
+from daemon.faces.http.scrape import Sources, render
+from daemon.faces.http.server import serve
+from daemon.operations.admin import Operations
 from daemon.settings import Settings
 from daemon.workers import WorkerProcesses
 from handlers import load_handlers
@@ -67,7 +70,7 @@ class Supervisor:
         self.replica = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.consumers: dict[str, BlockingConsumer] = {}
         self.clients: dict[str, ClientConfig] = {}
-        self.ops = Operations(self)
+        self._ops: Operations | None = None
         self.ready = False
         self.stop_requested = asyncio.Event()
         self._starting: dict[str, asyncio.Task[None]] = {}
@@ -96,6 +99,12 @@ class Supervisor:
     def rt(self) -> Runtime:
         assert self._rt is not None, "the supervisor is not running"
         return self._rt
+
+    @property
+    def ops(self) -> Operations:
+        """The admin operations, for the faces (made once the runtime is)."""
+        assert self._ops is not None, "the supervisor is not running"
+        return self._ops
 
     @property
     def outcomes(self) -> Outcomes:
@@ -131,6 +140,10 @@ class Supervisor:
 
     def _is_leader(self) -> bool:
         return self._leadership is not None and self._leadership.is_leader
+
+    def _outbox(self) -> Outbox:
+        assert self.outbox is not None, "the supervisor is not running"
+        return self.outbox
 
     @property
     def state(self) -> StateLog:
@@ -238,6 +251,9 @@ class Supervisor:
             self._outcomes = Outcomes(self._rt)
             self._failed = FailedStore(state, self.topo, self._rt.publish_confirmed,
                                        self._outcomes, self.replica)
+            self._ops = Operations(self._rt, consumers=self.consumers, failed=self._failed,
+                                   outcomes=self._outcomes, depth_cache=self.depth_cache,
+                                   connection=connection, register=self.register)
             await state.start()
             await outbox.start()
             try:
@@ -252,9 +268,12 @@ class Supervisor:
         if self.settings.http_port == 0:
             yield
             return
-        from daemon.faces.http import serve  # the core never imports HTTP at module level
-
-        async with serve(self):
+        sources = Sources(self.topo, self.settings.retry_delays, self.connection, self.state,
+                          self.consumers, self.depth_cache, self._outbox(), self.rt.metrics,
+                          self.worker_samples, lambda: self.connected)
+        face = Face(self.ops, self, self.settings, lambda: self.clients,
+                    functools.partial(render, sources))
+        async with serve(face):
             yield
 
     async def _drain(self) -> None:
@@ -314,7 +333,7 @@ class Supervisor:
         await self._start_consumers(set(clients))
         log.info("clients_file.reloaded", clients=len(clients))
 
-    async def register(self, client_id: str, actor: str, op: str | None = None) -> bool:
+    async def register(self, client_id: str, actor: str, op: str | None) -> bool:
         """Declare the client's queue, consume it, record the registration; True if new."""
         # The view learns of a registration only when the tail reads it back, so a
         # consumer started here already counts as registered.
@@ -343,7 +362,7 @@ class Supervisor:
 
         async def one(client_id: str) -> None:
             async with limit:
-                await self.register(client_id, actor="s2s-queue")
+                await self.register(client_id, "s2s-queue", None)
 
         await asyncio.gather(*(one(c) for c in todo))
 
@@ -384,48 +403,6 @@ class Supervisor:
         names = {self.topo.client_queue(client_id): client_id for client_id in client_ids}
         found = await queue_depths(self.connection, list(names))
         return {names[name]: depth for name, depth in found.items()}
-
-    @asynccontextmanager
-    async def browse_unrouted(self) -> AsyncIterator[AbstractQueue]:
-        """The unrouted queue on a channel of its own, to read from the head with unacked
-        gets (its depth in `declaration_result`); what is not acked goes back in place on exit.
-
-        One browse at a time across replicas: a listing on one replica while
-        another replays would split the replay's order. The lock is an
-        exclusive queue, `<prefix>.unrouted.lock`: only one connection may
-        declare it, and the broker deletes it if that connection dies.
-        """
-        assert self._connection is not None
-        async with self._unrouted_lock():
-            channel = await self._connection.channel(publisher_confirms=False)
-            try:
-                yield await channel.declare_queue(self.topo.unrouted, passive=True)
-            finally:
-                await channel.close()
-
-    @asynccontextmanager
-    async def _unrouted_lock(self, patience: float = 120.0) -> AsyncIterator[None]:
-        assert self._connection is not None
-        name = f"{self.topo.unrouted}.lock"
-        deadline = time.monotonic() + patience
-        while True:
-            channel = await self._connection.channel(publisher_confirms=False)
-            try:
-                await channel.declare_queue(name, exclusive=True, durable=False,
-                                            auto_delete=False)
-                break
-            except aiormq.exceptions.ChannelLockedResource:
-                if time.monotonic() > deadline:
-                    raise OperationError("another replica has been listing or replaying the"
-                                         " unrouted items for too long; try again") from None
-                await asyncio.sleep(0.1)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(name)
-            with contextlib.suppress(Exception):
-                await channel.close()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

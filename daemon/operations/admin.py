@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from daemon.broker.depths import DepthCache, queue_depths
+from daemon.broker.producer import NoAnswer, send_control
 from daemon.clients import InvalidClientId, validate_client_id
 from daemon.core.blocking import BlockingConsumer
 from daemon.core.failed import FailedStore, UnknownItem
+from daemon.core.outcomes import Outcomes
 from daemon.core.parking import OperationError, UnknownClient
 from daemon.core.records import Failed, Paused, Resumed
-from daemon.core.unrouted import unrouted_client
+from daemon.core.runtime import Runtime
+from daemon.core.unrouted import browse_unrouted, unrouted_client
 from daemon.operations.listing import ClientsQuery, page_after
 
-if TYPE_CHECKING:
-    from daemon.supervisor import Supervisor
+Register = Callable[[str, str, str | None], Awaitable[bool]]
+"""Start consuming a client's queue and record it (client_id, actor, op): True if new."""
 
 log = structlog.get_logger()
 
@@ -48,14 +53,18 @@ class Operations:
     follow only if its own record won (docs/parking.md, "Operations").
     """
 
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._sup = supervisor
+    def __init__(self, rt: Runtime, *, consumers: Mapping[str, BlockingConsumer],
+                 failed: FailedStore, outcomes: Outcomes, depth_cache: DepthCache,
+                 connection: AbstractRobustConnection, register: Register) -> None:
+        self._rt = rt
+        self._consumers = consumers  # the supervisor's: it adds a client's as it starts
+        self._store = failed
+        self._outcomes = outcomes
+        self._depth_cache = depth_cache
+        self._connection = connection
+        self._register = register
         self._unrouted_lock = asyncio.Lock()
         self._ids: list[str] = []  # sorted client ids (`_ordered`)
-
-    @property
-    def _store(self) -> FailedStore:
-        return self._sup.failed_store
 
     # -- clients -------------------------------------------------------------
 
@@ -66,27 +75,35 @@ class Operations:
             validate_client_id(client_id)
         except InvalidClientId as exc:
             raise OperationError(str(exc)) from None
-        created = await self._sup.register(client_id, actor=actor, op=op)
+        created = await self._register(client_id, actor, op)
         return {"client_id": client_id, "created": created}
 
+    def registered(self, client_id: str) -> bool:
+        """True if the client is registered (its queue consumed here)."""
+        return client_id in self._consumers
+
+    def client_count(self) -> int:
+        """How many clients are registered."""
+        return len(self._consumers)
+
     def _consumer(self, client_id: str) -> BlockingConsumer:
-        consumer = self._sup.consumers.get(client_id)
+        consumer = self._consumers.get(client_id)
         if consumer is None:
             raise UnknownClient(f"client {client_id!r} is not registered")
         return consumer
 
     def holds_park(self, client_id: str) -> bool:
         """True if this replica holds the client's parked item."""
-        consumer = self._sup.consumers.get(client_id)
+        consumer = self._consumers.get(client_id)
         return consumer is not None and consumer.parking.holds_park
 
     def parked_anywhere(self, client_id: str) -> bool:
         """True if the state log says the client is parked (on any replica)."""
-        return client_id in self._sup.state.view.parked
+        return client_id in self._rt.state.view.parked
 
     async def sync(self) -> None:
         """Read the state log up to now."""
-        await self._sup.state.sync()
+        await self._rt.state.sync()
 
     async def retry(
         self, client_id: str, *, actor: str, message_id: str | None = None,
@@ -113,13 +130,11 @@ class Operations:
         reason: str | None,
     ) -> dict[str, Any]:
         """Another replica holds the parked item: ask it through a control message."""
-        from daemon.broker.producer import NoAnswer, send_control
-
         request = {"action": action, "client_id": client_id, "actor": actor,
                    "message_id": message_id, "reason": reason}
-        timeout = 10.0 + self._sup.settings.handler_timeout
+        timeout = 10.0 + self._rt.settings.handler_timeout
         try:
-            answer = await send_control(self._sup.connection, self._sup.topo,
+            answer = await send_control(self._connection, self._rt.topo,
                                         {k: v for k, v in request.items() if v is not None},
                                         timeout)
         except NoAnswer:
@@ -135,13 +150,13 @@ class Operations:
 
         Raises OperationError if another operation's record changed it first.
         """
-        state = self._sup.state
+        state = self._rt.state
         await state.append_and_read(record)
         winner = state.view.ops.get(record.op)
         if winner is None:
             what = "already paused" if isinstance(record, Paused) else "not paused"
             raise OperationError(f"client {record.client_id!r} is {what}")
-        return winner == self._sup.replica
+        return winner == self._rt.replica
 
     async def pause(self, client_id: str, *, actor: str, op: str | None = None,
                     **_: Any) -> dict[str, Any]:
@@ -150,7 +165,7 @@ class Operations:
         if consumer.paused:
             raise OperationError(f"client {client_id!r} is already paused")
         if await self._won(Paused(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
-            await self._sup.rt.events.publish("client.paused", client_id=client_id,
+            await self._rt.events.publish("client.paused", client_id=client_id,
                                               message_id=None, type_=None, queue="blocking",
                                               actor=actor)
             log.info("client.paused", client_id=client_id, actor=actor)
@@ -163,7 +178,7 @@ class Operations:
         if not consumer.paused:
             raise OperationError(f"client {client_id!r} is not paused")
         if await self._won(Resumed(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
-            outcomes = self._sup.outcomes  # after the answer, in the client's order of reports
+            outcomes = self._outcomes  # after the answer, in the client's order of reports
             consumer.parking.report_after(lambda: outcomes.resumed(client_id, None, "resume",
                                                                    actor))
         return {"client_id": client_id, "state": consumer.state}
@@ -171,12 +186,13 @@ class Operations:
     async def client(self, client_id: str) -> dict[str, Any]:
         """One client as SPEC section 8 shows it, its depth read live (one passive declare)."""
         self._consumer(client_id)
-        depths = await self._sup.depths([client_id])
-        return self._describe(client_id, depths.get(client_id))
+        queue = self._rt.topo.client_queue(client_id)
+        depths = await queue_depths(self._connection, [queue])
+        return self._describe(client_id, depths.get(queue))
 
     def clients(self) -> list[dict[str, Any]]:
         """Every registered client, sorted by id, depths as the last walk found them."""
-        cache = self._sup.depth_cache
+        cache = self._depth_cache
         return [self._describe(c, cache.get(c)) for c in self._ordered()]
 
     def clients_page(self, query: ClientsQuery, only: str | None = None) -> dict[str, Any]:
@@ -185,7 +201,7 @@ class Operations:
         `only`: a client's own listing (its console token), whatever the others are.
         Depths come from the depth cache: no queue is asked for a listing.
         """
-        state, cache = query.state, self._sup.depth_cache
+        state, cache = query.state, self._depth_cache
         ids, cursor = page_after(self._candidates(state, only), query.after, query.limit,
                                  lambda c: state is None or self.state_of(c) == state)
         return {"clients": [self._describe(c, cache.get(c)) for c in ids], "next": cursor}
@@ -193,7 +209,7 @@ class Operations:
     def client_counts(self, only: str | None = None) -> dict[str, int]:
         """How many clients are in each state, and in all (the console's tabs), from the
         state log's few parked and paused: no walk over every client."""
-        total = len(self._candidates(None, only)) if only else len(self._sup.consumers)
+        total = len(self._candidates(None, only)) if only else len(self._consumers)
         parked = len(self._candidates("parked", only))
         paused = len(self._candidates("paused", only))
         return {"parked": parked, "paused": paused, "running": total - parked - paused,
@@ -201,13 +217,13 @@ class Operations:
 
     def state_of(self, client_id: str) -> str:
         """parked, paused or running, as the state log says (a park outranks a pause)."""
-        view = self._sup.state.view
+        view = self._rt.state.view
         return ("parked" if client_id in view.parked else
                 "paused" if client_id in view.paused else "running")
 
     def _candidates(self, state: str | None, only: str | None) -> list[str]:
         """Sorted ids a page is read from: the few parked or paused, else everyone."""
-        consumers, view = self._sup.consumers, self._sup.state.view
+        consumers, view = self._consumers, self._rt.state.view
         if only is not None:
             mine = [only] if only in consumers else []
             return [c for c in mine if state is None or self.state_of(c) == state]
@@ -219,7 +235,7 @@ class Operations:
 
     def _ordered(self) -> list[str]:
         """Every registered client's id, sorted again only when one was added."""
-        consumers = self._sup.consumers
+        consumers = self._consumers
         if len(self._ids) != len(consumers):  # clients are added, never removed
             self._ids = sorted(consumers)
         return self._ids
@@ -232,7 +248,7 @@ class Operations:
 
     def _describe(self, client_id: str, depth: int | None) -> dict[str, Any]:
         """A client as the state log shows it, so every replica answers alike."""
-        view = self._sup.state.view
+        view = self._rt.state.view
         parked = view.parked.get(client_id)
         paused = client_id in view.paused
         return {
@@ -278,7 +294,7 @@ class Operations:
         """
         items: list[dict[str, Any]] = []
         read = read_bytes = 0
-        async with self._unrouted_lock, self._sup.browse_unrouted() as queue:
+        async with self._unrouted_lock, browse_unrouted(self._connection, self._rt.topo) as queue:
             depth = queue.declaration_result.message_count or 0
             while (len(items) < limit and read < UNROUTED_SCAN_ITEMS
                    and read_bytes < UNROUTED_SCAN_BYTES):
@@ -300,13 +316,12 @@ class Operations:
         """
         self._consumer(client_id)
         replayed = 0
-        async with self._unrouted_lock, self._sup.browse_unrouted() as queue:
+        async with self._unrouted_lock, browse_unrouted(self._connection, self._rt.topo) as queue:
             while (message := await queue.get(no_ack=False, fail=False)) is not None:
                 if unrouted_client(message) != client_id:
                     continue
-                await self._sup.rt.publish_confirmed(
-                    _republish(message), routing_key=client_id,
-                    exchange=self._sup.rt.topo.blocking,
+                await self._rt.publish_confirmed(
+                    _republish(message), routing_key=client_id, exchange=self._rt.topo.blocking,
                 )
                 await message.ack()
                 replayed += 1

@@ -7,13 +7,16 @@ answers the same JSON: `{"ok": true, ...}` or `{"ok": false, "error": ...}`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
 
 from daemon.faces.http.auth import Identity, authenticate, bearer_token
+from daemon.faces.http.console import add_routes
+from daemon.faces.http.face import FACE, Face, face_of
+from daemon.faces.http.scrape import CONTENT_TYPE
 from daemon.operations.admin import (
     UNROUTED_LIMIT,
     UNROUTED_MAX_LIMIT,
@@ -23,12 +26,8 @@ from daemon.operations.admin import (
 )
 from daemon.operations.listing import BadQuery, clients_query
 
-if TYPE_CHECKING:
-    from daemon.supervisor import Supervisor
-
 log = structlog.get_logger()
 
-SUPERVISOR = web.AppKey("supervisor", object)
 IDENTITY = web.RequestKey("identity", Identity)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTIONS = ("retry", "skip", "pause", "resume")
@@ -42,17 +41,13 @@ def error(status: int, message: str) -> web.Response:
     return json_response({"ok": False, "error": message}, status)
 
 
-def _sup(request: web.Request) -> Supervisor:
-    return request.app[SUPERVISOR]  # type: ignore[return-value]
-
-
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate /api/ requests; turn operation errors, and any error under /api/, into JSON."""
     if request.path.startswith("/api/"):
-        sup = _sup(request)
+        face = face_of(request)
         token = bearer_token(request.headers.get("Authorization"))
-        identity = authenticate(token, sup.settings.admin_token, sup.clients)
+        identity = authenticate(token, face.settings.admin_token, face.clients())
         if identity is None:
             return error(401, "missing or wrong bearer token")
         request[IDENTITY] = identity
@@ -77,7 +72,7 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
 
 def _failed(request: web.Request) -> web.Response:
     """An /api/ request that raised: the broker is away (503), or a bug (500, logged)."""
-    if not _sup(request).connected:  # aiormq raises a bare RuntimeError on a closed link
+    if not face_of(request).health.connected:  # aiormq raises a bare RuntimeError on a closed link
         log.warning("http.broker_unavailable", method=request.method, path=request.path)
         return error(503, "not connected to the broker; try again shortly")
     log.exception("http.crashed", method=request.method, path=request.path)
@@ -120,19 +115,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    sup = _sup(request)
-    if not sup.ready:
+    face = face_of(request)
+    if not face.health.ready:
         return json_response({"ready": False, "reason": "starting or stopping"}, 503)
-    if not sup.connected:
+    if not face.health.connected:
         return json_response({"ready": False, "reason": "not connected to the broker"}, 503)
-    return json_response({"ready": True, "clients": len(sup.consumers)})
+    return json_response({"ready": True, "clients": face.ops.client_count()})
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text; open like the health checks (client ids label the queue depths)."""
-    from daemon.core.metrics import CONTENT_TYPE, render
-
-    body = await render(_sup(request))
+    body = await face_of(request).scrape()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -145,11 +138,11 @@ async def list_clients(request: web.Request) -> web.Response:
         query = clients_query(request.query)
     except BadQuery as exc:
         return error(400, str(exc))
-    return json_response(_sup(request).ops.clients_page(query, _identity(request).client_id))
+    return json_response(face_of(request).ops.clients_page(query, _identity(request).client_id))
 
 
 async def get_client(request: web.Request) -> web.Response:
-    return json_response(await _sup(request).ops.client(_visible_client(request)))
+    return json_response(await face_of(request).ops.client(_visible_client(request)))
 
 
 async def register_client(request: web.Request) -> web.Response:
@@ -159,7 +152,7 @@ async def register_client(request: web.Request) -> web.Response:
     client_id = _text(await _body(request), "client_id")
     if not client_id:
         raise OperationError("client_id is required")
-    result = await _sup(request).ops.register(client_id, identity.name)
+    result = await face_of(request).ops.register(client_id, identity.name)
     return json_response({"ok": True, **result}, 201 if result["created"] else 200)
 
 
@@ -169,7 +162,7 @@ async def client_action(request: web.Request) -> web.Response:
     if action not in ACTIONS:
         raise web.HTTPNotFound
     data = await _body(request)
-    ops = _sup(request).ops
+    ops = face_of(request).ops
     kwargs = {"actor": _identity(request).name, "message_id": _text(data, "message_id"),
               "reason": _text(data, "reason")}
     result = await getattr(ops, action)(client_id, **kwargs)
@@ -181,7 +174,7 @@ async def list_failed(request: web.Request) -> web.Response:
     client_id = request.query.get("client_id") or None
     if client_id is not None and not identity.may_see(client_id):
         raise UnknownClient(f"client {client_id!r} is not registered")
-    items = _sup(request).ops.failed(client_id if identity.is_admin else identity.client_id)
+    items = face_of(request).ops.failed(client_id if identity.is_admin else identity.client_id)
     return json_response({"items": items})
 
 
@@ -189,7 +182,7 @@ async def failed_action(request: web.Request) -> web.Response:
     identity = _identity(request)
     message_id = request.match_info["message_id"]
     action = request.match_info["action"]
-    ops = _sup(request).ops
+    ops = face_of(request).ops
     if action not in ("retry", "skip"):
         raise web.HTTPNotFound
     record = ops.failed_item(message_id)
@@ -210,7 +203,7 @@ async def list_unrouted(request: web.Request) -> web.Response:
     limit = unrouted_limit(request.query.get("limit"))
     if limit is None:
         return error(400, f"limit must be a whole number from 1 to {UNROUTED_MAX_LIMIT}")
-    return json_response(await _sup(request).ops.unrouted(identity.client_id, limit))
+    return json_response(await face_of(request).ops.unrouted(identity.client_id, limit))
 
 
 def unrouted_limit(text: str | None) -> int | None:
@@ -226,13 +219,13 @@ def unrouted_limit(text: str | None) -> int | None:
 
 async def replay_unrouted(request: web.Request) -> web.Response:
     client_id = _visible_client(request)
-    result = await _sup(request).ops.replay_unrouted(client_id, actor=_identity(request).name)
+    result = await face_of(request).ops.replay_unrouted(client_id, actor=_identity(request).name)
     return json_response({"ok": True, **result})
 
 
-def build_app(supervisor: Supervisor) -> web.Application:
+def build_app(face: Face) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
-    app[SUPERVISOR] = supervisor
+    app[FACE] = face
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)
@@ -244,7 +237,5 @@ def build_app(supervisor: Supervisor) -> web.Application:
     app.router.add_post("/api/v1/failed/{message_id}/{action}", failed_action)
     app.router.add_get("/api/v1/unrouted", list_unrouted)
     app.router.add_post("/api/v1/unrouted/{client_id}/replay", replay_unrouted)
-    from daemon.faces.http.console import add_routes
-
     add_routes(app)
     return app

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -26,6 +26,7 @@ from multidict import MultiDictProxy
 from daemon.clients import CLIENT_ID_RE
 from daemon.faces.http import outcomes
 from daemon.faces.http.auth import Identity, authenticate
+from daemon.faces.http.face import FACE, face_of
 from daemon.faces.http.sessions import (
     FLASH_COOKIE,
     LOGIN_CSRF_COOKIE,
@@ -39,9 +40,6 @@ from daemon.faces.http.sessions import (
 )
 from daemon.operations.admin import OperationError, UnknownClient, UnknownItem
 from daemon.operations.listing import CLIENTS_LIMIT, BadQuery, clients_query
-
-if TYPE_CHECKING:
-    from daemon.supervisor import Supervisor
 
 log = structlog.get_logger()
 
@@ -65,16 +63,6 @@ def segment(value: object) -> str:
 _env.filters["segment"] = segment
 
 Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
-
-
-def _sup(request: web.Request) -> Supervisor:
-    return _sup_of(request.app)
-
-
-def _sup_of(app: web.Application) -> Supervisor:
-    from daemon.faces.http.api import SUPERVISOR  # api adds these routes: import it late
-
-    return app[SUPERVISOR]  # type: ignore[return-value]
 
 
 SIGNER = web.AppKey("console_signer", Signer)
@@ -102,7 +90,7 @@ def _redirect(to: str) -> web.Response:
 
 def _cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
             max_age: int | None = None) -> None:
-    secure = request.secure or _sup(request).settings.secure_cookies  # TLS ends at a proxy
+    secure = request.secure or face_of(request).settings.secure_cookies  # TLS ends at a proxy
     response.set_cookie(name, value, max_age=max_age, path="/", httponly=True,
                         samesite="Strict", secure=secure)
 
@@ -126,14 +114,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not cookie or form.get("csrf") != cookie:
         return await login_page(request, error="The login form expired. Please try again.",
                                 status=403)
-    sup, signer = _sup(request), _signer(request)
+    face, signer = face_of(request), _signer(request)
+    clients = face.clients()
     token = str(form.get("token") or "").strip()
-    identity = authenticate(token, sup.settings.admin_token, sup.clients)
+    identity = authenticate(token, face.settings.admin_token, clients)
     if identity is None or signer is None:
         log.info("console.login_refused")
         return await login_page(request, error="That token is not valid.", status=401)
-    assert sup.settings.admin_token is not None
-    credential = credential_of(identity, sup.settings.admin_token, sup.clients)
+    assert face.settings.admin_token is not None
+    credential = credential_of(identity, face.settings.admin_token, clients)
     assert credential is not None
     log.info("console.login", actor=identity.name)
     home = "/clients" if identity.is_admin else f"/clients/{segment(identity.client_id)}"
@@ -145,11 +134,11 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 def session_of(request: web.Request) -> Session | None:
-    sup, signer = _sup(request), _signer(request)
-    if signer is None or sup.settings.admin_token is None:
+    face, signer = face_of(request), _signer(request)
+    if signer is None or face.settings.admin_token is None:
         return None
-    return read(signer, request.cookies.get(SESSION_COOKIE), sup.settings.admin_token,
-                sup.clients)
+    return read(signer, request.cookies.get(SESSION_COOKIE), face.settings.admin_token,
+                face.clients())
 
 
 def page(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -245,9 +234,9 @@ async def clients_page(request: web.Request, session: Session) -> web.StreamResp
     except BadQuery as exc:
         return render(request, "error.html.j2", 400, session=session, title="Bad address",
                       message=f"{exc}.", csrf=_csrf(request, session))
-    ops, only = _sup(request).ops, session.identity.client_id
+    ops, only = face_of(request).ops, session.identity.client_id
     listing = ops.clients_page(query, only)
-    names = {cid: cfg.name for cid, cfg in _sup(request).clients.items()}
+    names = {cid: cfg.name for cid, cfg in face_of(request).clients().items()}
     return _view(request, session, "clients.html.j2", clients=listing["clients"],
                  state=query.state or "", counts=ops.client_counts(only), names=names,
                  first=_clients_link(query.state, query.limit) if query.after else None,
@@ -266,9 +255,9 @@ def _clients_link(state: str | None, limit: int, after: str | None = None) -> st
 @page
 async def client_page(request: web.Request, session: Session) -> web.StreamResponse:
     client_id = _visible(session.identity, request.match_info["client_id"])
-    ops = _sup(request).ops
+    ops = face_of(request).ops
     client = await ops.client(client_id)
-    config = _sup(request).clients.get(client_id)
+    config = face_of(request).clients().get(client_id)
     return _view(request, session, "client.html.j2", client=client,
                  name=config.name if config else "", failed=len(ops.failed(client_id)))
 
@@ -288,7 +277,7 @@ async def client_action(request: web.Request, session: Session) -> web.StreamRes
                      message_ids=[args["message_id"]] if args["message_id"] else [],
                      reason=args["reason"] or "")
     try:
-        result = await getattr(_sup(request).ops, action)(
+        result = await getattr(face_of(request).ops, action)(
             client_id, actor=session.identity.name, **args)
     except OperationError as exc:
         return _done(request, back, False, str(exc))
@@ -308,7 +297,7 @@ async def failed_page(request: web.Request, session: Session) -> web.StreamRespo
     type_ = request.query.get("type") or None
     if client_id is not None:
         _visible(identity, client_id)
-    ops = _sup(request).ops
+    ops = face_of(request).ops
     everyone = ops.failed(client_id if identity.is_admin else identity.client_id)
     items = [i for i in everyone if not type_ or i["type"] == type_]
     return _view(request, session, "failed.html.j2", items=items, client_id=client_id or "",
@@ -341,7 +330,7 @@ async def failed_action(request: web.Request, session: Session) -> web.StreamRes
 
 async def _each_failed(request: web.Request, identity: Identity, action: str, ids: list[str],
                        reason: str | None) -> tuple[list[str], list[str]]:
-    ops = _sup(request).ops
+    ops = face_of(request).ops
     done: list[str] = []
     errors: list[str] = []
     for message_id in ids:
@@ -361,12 +350,12 @@ async def _each_failed(request: web.Request, identity: Identity, action: str, id
 
 @page
 async def unrouted_page(request: web.Request, session: Session) -> web.StreamResponse:
-    sup = _sup(request)
-    listing = await sup.ops.unrouted(session.identity.client_id)
+    ops = face_of(request).ops
+    listing = await ops.unrouted(session.identity.client_id)
     groups: dict[str, list[dict[str, Any]]] = {}
     for item in listing["items"]:
         groups.setdefault(str(item["client_id"]), []).append(item)
-    registered = set(sup.consumers)
+    registered = {c for c in groups if ops.registered(c)}
     valid = {c for c in groups if CLIENT_ID_RE.fullmatch(c)}
     return _view(request, session, "unrouted.html.j2", groups=groups, registered=registered,
                  valid=valid, shown=len(listing["items"]), more=listing["more"],
@@ -376,9 +365,9 @@ async def unrouted_page(request: web.Request, session: Session) -> web.StreamRes
 @page
 async def unrouted_replay(request: web.Request, session: Session) -> web.StreamResponse:
     client_id = _visible(session.identity, request.match_info["client_id"])
-    ops = _sup(request).ops
+    ops = face_of(request).ops
     try:
-        if client_id not in _sup(request).consumers and session.identity.is_admin:
+        if not ops.registered(client_id) and session.identity.is_admin:
             await ops.register(client_id, session.identity.name)
         result = await ops.replay_unrouted(client_id, actor=session.identity.name)
     except OperationError as exc:
@@ -390,7 +379,7 @@ async def unrouted_replay(request: web.Request, session: Session) -> web.StreamR
 
 
 def add_routes(app: web.Application) -> None:
-    token = _sup_of(app).settings.admin_token
+    token = app[FACE].settings.admin_token
     if token is not None:
         app[SIGNER] = Signer(token)
     app.router.add_get("/", home)
