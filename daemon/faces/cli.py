@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from daemon import logs
 from daemon.broker.brokers import connect_robust, scrub, where
 from daemon.broker.topology import Topology
+from daemon.operations.actions import FIELD, GROUPS, TABLE, Arg
 from daemon.settings import ConfigFileError, Settings, load_settings
 
 
@@ -55,28 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--file", type=Path, help="a file holding the payload JSON")
     pub.add_argument("--message-id")
     pub.add_argument("--nonblocking", action="store_true", help="publish to the shared queue")
-    sub.add_parser("status", parents=[common], help="clients and their state").add_argument(
-        "client", nargs="?")
-    for name in ("retry", "skip"):
-        p = sub.add_parser(name, parents=[common], help=f"{name} a parked client's item")
-        p.add_argument("client")
-        p.add_argument("--message-id")
-        p.add_argument("--reason")
-    for name in ("pause", "resume"):
-        sub.add_parser(name, parents=[common], help=f"{name} a client").add_argument("client")
-    clients = sub.add_parser("clients", parents=[common], help="register or list clients")
-    csub = clients.add_subparsers(dest="clients_command", required=True)
-    csub.add_parser("add", parents=[common]).add_argument("client")
-    csub.add_parser("list", parents=[common])
-    unrouted = sub.add_parser("unrouted", parents=[common], help="items for unknown clients")
-    usub = unrouted.add_subparsers(dest="unrouted_command", required=True)
-    usub.add_parser("list", parents=[common])
-    usub.add_parser("replay", parents=[common]).add_argument("client")
-    failed = sub.add_parser("failed", parents=[common], help="failed non-blocking items")
-    fsub = failed.add_subparsers(dest="failed_command", required=True)
-    fsub.add_parser("list", parents=[common]).add_argument("--client")
-    fsub.add_parser("retry", parents=[common]).add_argument("message_id")
-    fsub.add_parser("skip", parents=[common]).add_argument("message_id")
+    _add_action_commands(sub, common)
     sub.add_parser("demo", parents=[common], help="publish a few items to a demo client")
     sub.add_parser("types", parents=[common],
                    help="the instruction types this installation runs, plug-ins included"
@@ -85,30 +65,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_action_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """A command for each of the action table's `commands` (`daemon/operations/actions.py`)."""
+    groups: dict[str, Any] = {}
+    for action in TABLE:
+        for command in action.commands:
+            *group, word = command.words
+            where = sub
+            if group:
+                if group[0] not in groups:
+                    parent = sub.add_parser(group[0], parents=[common], help=GROUPS[group[0]])
+                    groups[group[0]] = parent.add_subparsers(dest=f"{group[0]}_command",
+                                                             required=True)
+                where = groups[group[0]]
+            parser = where.add_parser(word, parents=[common], help=command.help or None)
+            parser.set_defaults(action=action.name, action_args=command.args)
+            for arg in command.args:
+                _add_argument(parser, arg)
+
+
+def _add_argument(parser: argparse.ArgumentParser, arg: Arg) -> None:
+    if arg == "client?":
+        parser.add_argument("client", nargs="?")
+    elif arg == "clients":
+        parser.add_argument("clients", nargs="+", metavar="client")
+    else:
+        parser.add_argument(arg)
+
+
+def _value(args: argparse.Namespace, arg: Arg) -> Any:
+    """What the command line gave for `arg` (argparse's name for it: client, message_id…)."""
+    value = getattr(args, arg.strip("-?").replace("-", "_"))
+    return list(value) if arg == "clients" else value
+
+
 def control_request(args: argparse.Namespace) -> dict[str, Any]:
-    """The control message a command sends (pure)."""
-    cmd = args.command
-    if cmd == "status":
-        return {"action": "status", "client_id": args.client}
-    if cmd in ("retry", "skip"):
-        return {"action": cmd, "client_id": args.client, "message_id": args.message_id,
-                "reason": args.reason}
-    if cmd in ("pause", "resume"):
-        return {"action": cmd, "client_id": args.client}
-    if cmd == "clients":
-        if args.clients_command == "add":
-            return {"action": "register", "client_id": args.client}
-        return {"action": "status"}
-    if cmd == "unrouted":
-        if args.unrouted_command == "replay":
-            return {"action": "replay_unrouted", "client_id": args.client}
-        return {"action": "list_unrouted"}
-    if cmd == "failed":
-        sub = args.failed_command
-        if sub == "list":
-            return {"action": "list_failed", "client_id": args.client}
-        return {"action": f"{sub}_failed", "message_id": args.message_id}
-    raise CliError(f"unknown command {cmd}", 2)
+    """The control message a command sends (pure): its action and the arguments it took."""
+    action = getattr(args, "action", None)
+    if action is None:
+        raise CliError(f"unknown command {args.command}", 2)
+    return {"action": action, **{FIELD[arg]: _value(args, arg) for arg in args.action_args}}
 
 
 def _payload(args: argparse.Namespace) -> Any:
@@ -200,7 +196,7 @@ async def _talk(settings: Settings, args: argparse.Namespace,
                 args.client, args.type, payload, message_id=args.message_id, queue=queue)
             print(json.dumps({"ok": True, "message_id": mid, "client_id": args.client}))
             return None
-        if args.command == "clients" and args.clients_command == "add":
+        if getattr(args, "action", None) == "register":  # works with no daemon running
             await _register(connection, topo, args.client)
             return None
         if args.command == "demo":

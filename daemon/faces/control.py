@@ -16,7 +16,6 @@ hostile or broken caller: the message is refused unread and logged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -27,11 +26,11 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from daemon.broker.leader import Leadership
 from daemon.broker.producer import DIRECT_REPLY_TO
 from daemon.broker.topology import Topology
+from daemon.operations.actions import ACTIONS, Request, perform
 from daemon.operations.admin import OperationError, Operations
 
 log = structlog.get_logger()
 
-Action = Callable[..., Awaitable[dict[str, Any]]]
 SERVER_NAMED = "amq.gen-"
 
 
@@ -64,6 +63,11 @@ def parse_control(body: bytes, user_id: str | None) -> tuple[str, dict[str, Any]
             raise OperationError(f"{key} must be a string")
         if value is not None:
             args[key] = value
+    client_ids = data.get("client_ids")
+    if client_ids is not None:
+        if not isinstance(client_ids, list) or not all(isinstance(c, str) for c in client_ids):
+            raise OperationError("client_ids must be a list of strings")
+        args["client_ids"] = tuple(client_ids)
     actor = user_id or data.get("actor")
     args["actor"] = actor if isinstance(actor, str) and actor else "unknown"
     return action, args
@@ -152,7 +156,8 @@ class Control:
         leader answers everything else, and says "not parked" only after
         reading the state log up to now finds no park held elsewhere.
         """
-        if action in ("retry", "skip") and client_id:
+        known = ACTIONS.get(action)
+        if known is not None and known.forwarded and client_id:
             if self._ops.holds_park(client_id):
                 return True
             if not self._leadership.is_leader:
@@ -162,32 +167,11 @@ class Control:
         return self._leadership.is_leader
 
     async def dispatch(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
-        ops = self._ops
-        client_id = args.pop("client_id", None)
-        log.info("control.received", action=action, client_id=client_id, actor=args["actor"])
-        if action == "status":
-            return await ops.status(client_id)
-        if action == "list_unrouted":  # an addition to SPEC section 5, for `unrouted list`
-            return await ops.unrouted()
-        needs_client: dict[str, Action] = {
-            "retry": ops.retry, "skip": ops.skip, "pause": ops.pause, "resume": ops.resume,
-            "register": ops.register, "replay_unrouted": ops.replay_unrouted,
-        }
-        if action in needs_client:
-            if not client_id:
-                raise OperationError(f"{action} needs a client_id")
-            if action == "register":
-                return await ops.register(client_id, args["actor"], args.get("op"))
-            if action in ("retry", "skip"):
-                args["forward"] = False  # this replica holds it, or nobody does
-            return await needs_client[action](client_id, **args)
-        if action == "list_failed":  # an addition to SPEC section 5, for `failed list`
-            return {"items": ops.failed(client_id)}
-        if action == "retry_failed":
-            return await ops.retry_failed(args.pop("message_id", None), **args)
-        if action == "skip_failed":
-            return await ops.skip_failed(args.pop("message_id", None), **args)
-        raise OperationError(f"unknown action {action[:40]!r}")
+        """Carry out the action through the action table (`daemon/operations/actions.py`)."""
+        log.info("control.received", action=action, client_id=args.get("client_id"),
+                 actor=args["actor"])
+        # A retry or skip reached the replica that holds the park, or nobody holds one.
+        return await perform(self._ops, action, Request(**args, forward=False))
 
     async def _reply(self, message: AbstractIncomingMessage, answer: dict[str, Any]) -> None:
         if not message.reply_to or not message.correlation_id or self._channel is None:

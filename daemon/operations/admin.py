@@ -268,6 +268,10 @@ class Operations:
         """Failed non-blocking items, oldest first (SPEC section 8 shape plus `errors`)."""
         return self._store.items(client_id)
 
+    async def failed_listing(self, client_id: str | None = None) -> dict[str, Any]:
+        """The `list_failed` action: `{"items": [...]}`, as `failed` lists them."""
+        return {"items": self.failed(client_id)}
+
     def failed_item(self, message_id: str) -> Failed | None:
         return self._store.get(message_id)
 

@@ -17,6 +17,7 @@ from daemon.faces.http.auth import Identity, authenticate, bearer_token
 from daemon.faces.http.console import add_routes
 from daemon.faces.http.face import FACE, Face, face_of
 from daemon.faces.http.scrape import CONTENT_TYPE
+from daemon.operations.actions import Request, action_on, perform
 from daemon.operations.admin import (
     UNROUTED_LIMIT,
     UNROUTED_MAX_LIMIT,
@@ -30,7 +31,6 @@ log = structlog.get_logger()
 
 IDENTITY = web.RequestKey("identity", Identity)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ACTIONS = ("retry", "skip", "pause", "resume")
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -157,15 +157,15 @@ async def register_client(request: web.Request) -> web.Response:
 
 
 async def client_action(request: web.Request) -> web.Response:
+    """POST /clients/{client_id}/{action}: an action of the table `on` a client."""
     client_id = _visible_client(request)
-    action = request.match_info["action"]
-    if action not in ACTIONS:
+    action = action_on("client", request.match_info["action"])
+    if action is None:
         raise web.HTTPNotFound
     data = await _body(request)
-    ops = face_of(request).ops
-    kwargs = {"actor": _identity(request).name, "message_id": _text(data, "message_id"),
-              "reason": _text(data, "reason")}
-    result = await getattr(ops, action)(client_id, **kwargs)
+    result = await perform(face_of(request).ops, action.name, Request(
+        actor=_identity(request).name, client_id=client_id,
+        message_id=_text(data, "message_id"), reason=_text(data, "reason")))
     return json_response({"ok": True, **result})
 
 
@@ -179,21 +179,35 @@ async def list_failed(request: web.Request) -> web.Response:
 
 
 async def failed_action(request: web.Request) -> web.Response:
+    """POST /failed/{message_id}/{action}: an action of the table `on` a failed item."""
     identity = _identity(request)
     message_id = request.match_info["message_id"]
-    action = request.match_info["action"]
+    action = action_on("failed", request.match_info["action"])
     ops = face_of(request).ops
-    if action not in ("retry", "skip"):
+    if action is None:
         raise web.HTTPNotFound
     record = ops.failed_item(message_id)
     if record is None or not identity.may_see(record.client_id):
         raise UnknownItem(f"no failed item with message_id {message_id!r}")
     data = await _body(request)
-    if action == "retry":
-        result = await ops.retry_failed(message_id, actor=identity.name)
-    else:
-        result = await ops.skip_failed(message_id, actor=identity.name,
-                                       reason=_text(data, "reason"))
+    result = await perform(ops, action.name, Request(
+        actor=identity.name, message_id=message_id, reason=_text(data, "reason")))
+    return json_response({"ok": True, **result})
+
+
+async def any_action(request: web.Request) -> web.Response:
+    """POST /actions/{action}: any action of the table, by name, for an admin; the body
+    holds its arguments (`client_id`, `client_ids`, `message_id`, `reason`)."""
+    identity = _identity(request)
+    if not identity.is_admin:
+        raise UnknownClient("only an admin may use /api/v1/actions")
+    data = await _body(request)
+    client_ids = data.get("client_ids") or []
+    if not isinstance(client_ids, list) or not all(isinstance(c, str) for c in client_ids):
+        raise OperationError("client_ids must be a list of strings")
+    result = await perform(face_of(request).ops, request.match_info["action"], Request(
+        actor=identity.name, client_id=_text(data, "client_id"), client_ids=tuple(client_ids),
+        message_id=_text(data, "message_id"), reason=_text(data, "reason")))
     return json_response({"ok": True, **result})
 
 
@@ -235,6 +249,7 @@ def build_app(face: Face) -> web.Application:
     app.router.add_post("/api/v1/clients/{client_id}/{action}", client_action)
     app.router.add_get("/api/v1/failed", list_failed)
     app.router.add_post("/api/v1/failed/{message_id}/{action}", failed_action)
+    app.router.add_post("/api/v1/actions/{action}", any_action)
     app.router.add_get("/api/v1/unrouted", list_unrouted)
     app.router.add_post("/api/v1/unrouted/{client_id}/replay", replay_unrouted)
     add_routes(app)

@@ -38,6 +38,7 @@ from daemon.faces.http.sessions import (
     issue,
     read,
 )
+from daemon.operations.actions import Request, action_on, perform
 from daemon.operations.admin import OperationError, UnknownClient, UnknownItem
 from daemon.operations.listing import CLIENTS_LIMIT, BadQuery, clients_query
 
@@ -265,23 +266,24 @@ async def client_page(request: web.Request, session: Session) -> web.StreamRespo
 @page
 async def client_action(request: web.Request, session: Session) -> web.StreamResponse:
     client_id = _visible(session.identity, request.match_info["client_id"])
-    action = request.match_info["action"]
-    if action not in ("retry", "skip", "pause", "resume"):
+    action = action_on("client", request.match_info["action"])
+    if action is None:
         raise web.HTTPNotFound
     form = await request.post()
     args = _args(form)
     back = f"/clients/{segment(client_id)}"
-    if action in ("retry", "skip") and form.get("confirm") != "yes":
-        return _view(request, session, "confirm.html.j2", action=action, back=back,
-                     target=f"{back}/{action}", client_id=client_id,
+    if action.confirm and form.get("confirm") != "yes":
+        return _view(request, session, "confirm.html.j2", action=action.name, back=back,
+                     target=f"{back}/{action.name}", client_id=client_id,
                      message_ids=[args["message_id"]] if args["message_id"] else [],
                      reason=args["reason"] or "")
     try:
-        result = await getattr(face_of(request).ops, action)(
-            client_id, actor=session.identity.name, **args)
+        result = await perform(face_of(request).ops, action.name, Request(
+            actor=session.identity.name, client_id=client_id, message_id=args["message_id"],
+            reason=args["reason"]))
     except OperationError as exc:
         return _done(request, back, False, str(exc))
-    ok, message = outcomes.client_action(action, client_id, result)
+    ok, message = outcomes.client_action(action.name, client_id, result)
     return _done(request, back, ok, message)
 
 
@@ -315,16 +317,17 @@ async def failed_action(request: web.Request, session: Session) -> web.StreamRes
     ids = [single] if single else [str(v) for v in form.getall("message_id", [])]
     query = str(form.get("query") or "")
     back = "/failed" + (f"?{query}" if query else "")
-    if action not in ("retry", "skip"):
+    known = action_on("failed", action)
+    if known is None:
         raise web.HTTPNotFound
     if not ids:
         return _done(request, back, False, "Select at least one item first.")
     reason = str(form.get("reason") or "").strip() or None
-    if form.get("confirm") != "yes":
+    if known.confirm and form.get("confirm") != "yes":
         return _view(request, session, "confirm.html.j2", action=action, back=back,
                      target="/failed/action", client_id=None, message_ids=ids,
                      reason=reason or "", query=query)
-    done, errors = await _each_failed(request, session.identity, action, ids, reason)
+    done, errors = await _each_failed(request, session.identity, known.name, ids, reason)
     return _done(request, back, not errors, outcomes.failed_action(action, done, errors))
 
 
@@ -338,10 +341,8 @@ async def _each_failed(request: web.Request, identity: Identity, action: str, id
         try:
             if record is None or not identity.may_see(record.client_id):
                 raise UnknownItem(f"no failed item with message_id {message_id!r}")
-            if action == "retry":
-                await ops.retry_failed(message_id, actor=identity.name)
-            else:
-                await ops.skip_failed(message_id, actor=identity.name, reason=reason)
+            await perform(ops, action, Request(actor=identity.name, message_id=message_id,
+                                               reason=reason))
             done.append(message_id)
         except OperationError as exc:
             errors.append(str(exc))

@@ -1,0 +1,127 @@
+"""The admin actions, each declared once: what it takes, how each face offers it, and the
+operation that carries it out.
+
+Every face reads this table and nothing else to know an action: control
+messages dispatch by its names (SPEC section 5), the CLI builds its commands
+from `commands`, the HTTP API and the console route `POST .../{action}` to the
+entries `on` a client or a failed item, and the console asks for a
+confirmation page where `confirm` says so. Adding an action is one entry
+here plus its function on `Operations` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from daemon.core.parking import OperationError
+from daemon.operations.admin import Operations
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One admin action's arguments, from whichever face asked."""
+
+    actor: str  # a token's name, a validated AMQP user_id, "cli"
+    client_id: str | None = None
+    client_ids: tuple[str, ...] = ()
+    message_id: str | None = None
+    reason: str | None = None
+    op: str | None = None  # the check-and-set id: a control message's correlation id
+    forward: bool = True  # ask the replica holding the park, if another one does
+
+
+Arg = Literal["client", "client?", "--client", "clients", "--message-id", "message_id",
+              "--reason"]
+"""A CLI argument and the request field it fills: a client id (required, optional or an
+option), several client ids, a message id (an option or required), a reason."""
+
+FIELD: Mapping[Arg, str] = {
+    "client": "client_id", "client?": "client_id", "--client": "client_id",
+    "clients": "client_ids", "--message-id": "message_id", "message_id": "message_id",
+    "--reason": "reason",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A CLI command that sends the action: its words (`failed retry`) and arguments."""
+
+    words: tuple[str, ...]
+    args: tuple[Arg, ...] = ()
+    help: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    name: str
+    run: Callable[[Operations, Request], Awaitable[dict[str, Any]]]
+    needs_client: bool = False  # refused without a client_id
+    on: Literal["client", "failed"] | None = None  # POST /clients/{id}/{name}, /failed/{id}/…
+    confirm: bool = False  # the console shows a confirmation page first
+    forwarded: bool = False  # answered by the replica holding the client's park
+    commands: tuple[Command, ...] = ()
+
+
+def _failed_name(name: str) -> str:
+    return f"{name}_failed"
+
+
+TABLE: tuple[Action, ...] = (
+    Action("status", lambda ops, r: ops.status(r.client_id),
+           commands=(Command(("status",), ("client?",), "clients and their state"),
+                     Command(("clients", "list"), (), "list the clients"))),
+    Action("retry", lambda ops, r: ops.retry(
+        r.client_id or "", actor=r.actor, message_id=r.message_id, reason=r.reason,
+        forward=r.forward), needs_client=True, on="client", confirm=True, forwarded=True,
+           commands=(Command(("retry",), ("client", "--message-id", "--reason"),
+                             "retry a parked client's item"),)),
+    Action("skip", lambda ops, r: ops.skip(
+        r.client_id or "", actor=r.actor, message_id=r.message_id, reason=r.reason,
+        forward=r.forward), needs_client=True, on="client", confirm=True, forwarded=True,
+           commands=(Command(("skip",), ("client", "--message-id", "--reason"),
+                             "skip a parked client's item"),)),
+    Action("pause", lambda ops, r: ops.pause(r.client_id or "", actor=r.actor, op=r.op),
+           needs_client=True, on="client",
+           commands=(Command(("pause",), ("client",), "pause a client"),)),
+    Action("resume", lambda ops, r: ops.resume(r.client_id or "", actor=r.actor, op=r.op),
+           needs_client=True, on="client",
+           commands=(Command(("resume",), ("client",), "resume a client"),)),
+    Action("register", lambda ops, r: ops.register(r.client_id or "", r.actor, r.op),
+           needs_client=True,
+           commands=(Command(("clients", "add"), ("client",), "register a client"),)),
+    Action("list_unrouted", lambda ops, r: ops.unrouted(),  # an addition to SPEC section 5
+           commands=(Command(("unrouted", "list"), (), "list them"),)),
+    Action("replay_unrouted", lambda ops, r: ops.replay_unrouted(r.client_id or "",
+                                                                 actor=r.actor),
+           needs_client=True, commands=(Command(("unrouted", "replay"), ("client",),
+                                     "replay a client's, in order"),)),
+    Action("list_failed", lambda ops, r: ops.failed_listing(r.client_id),  # addition, too
+           commands=(Command(("failed", "list"), ("--client",), "list them"),)),
+    Action(_failed_name("retry"), lambda ops, r: ops.retry_failed(
+        r.message_id, actor=r.actor, op=r.op), on="failed", confirm=True,
+           commands=(Command(("failed", "retry"), ("message_id",), "run one again"),)),
+    Action(_failed_name("skip"), lambda ops, r: ops.skip_failed(
+        r.message_id, actor=r.actor, reason=r.reason, op=r.op), on="failed", confirm=True,
+           commands=(Command(("failed", "skip"), ("message_id",), "archive one"),)),
+)
+ACTIONS: Mapping[str, Action] = {action.name: action for action in TABLE}
+GROUPS = {"clients": "register or list clients", "unrouted": "items for unknown clients",
+          "failed": "failed non-blocking items"}  # the CLI's words that group commands
+
+
+def action_on(target: Literal["client", "failed"], name: str) -> Action | None:
+    """The action `POST /clients/{id}/{name}` (or `/failed/{id}/{name}`) means, if any."""
+    action = ACTIONS.get(_failed_name(name) if target == "failed" else name)
+    return action if action is not None and action.on == target else None
+
+
+async def perform(ops: Operations, name: str, request: Request) -> dict[str, Any]:
+    """Carry out the action `name`: the fields of its answer, or OperationError."""
+    action = ACTIONS.get(name)
+    if action is None:
+        raise OperationError(f"unknown action {name[:40]!r}")
+    if action.needs_client and not request.client_id:
+        raise OperationError(f"{name} needs a client_id")
+    return await action.run(ops, request)
