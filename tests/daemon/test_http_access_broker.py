@@ -90,6 +90,8 @@ MATRIX = [
     Row("POST", "/api/v1/failed/SO-G/explode",               (401, 401, 404, 404, 404)),
     Row("POST", "/api/v1/failed/nope/retry",                 (401, 401, 404, 404, 404)),
     Row("POST", "/api/v1/unrouted/acme/replay",              (401, 401, 200, 404, 200)),
+    Row("POST", "/api/v1/actions/status",                   (401, 401, 404, 404, 200)),
+    Row("POST", "/api/v1/actions/explode",                  (401, 401, 404, 404, 409)),
     Row("GET", "/api/v1/nothing-here",                       (401, 401, 404, 404, 404)),
     Row("DELETE", "/api/v1/clients/acme",                    (401, 401, 405, 405, 405)),
 ]
