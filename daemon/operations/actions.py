@@ -88,6 +88,8 @@ TABLE: tuple[Action, ...] = (
     Action("resume", lambda ops, r: ops.resume(r.client_id or "", actor=r.actor, op=r.op),
            needs_client=True, on="client",
            commands=(Command(("resume",), ("client",), "resume a client"),)),
+    Action("resume_all", lambda ops, r: ops.resume_all(r.client_ids, actor=r.actor, op=r.op),
+           commands=(Command(("resume-all",), ("clients",), "resume several clients"),)),
     Action("register", lambda ops, r: ops.register(r.client_id or "", r.actor, r.op),
            needs_client=True,
            commands=(Command(("clients", "add"), ("client",), "register a client"),)),

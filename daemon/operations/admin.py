@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -182,6 +182,21 @@ class Operations:
             consumer.parking.report_after(lambda: outcomes.resumed(client_id, None, "resume",
                                                                    actor))
         return {"client_id": client_id, "state": consumer.state}
+
+    async def resume_all(self, client_ids: Sequence[str], *, actor: str,
+                         op: str | None = None) -> dict[str, Any]:
+        """Resume each of the clients, in order: what happened to each (one pause each)."""
+        if not client_ids:
+            raise OperationError("resume_all needs client_ids")
+        results: list[dict[str, Any]] = []
+        for client_id in client_ids:
+            try:
+                done = await self.resume(client_id, actor=actor,
+                                         op=op and f"{op}:{client_id}")
+                results.append({"client_id": client_id, "ok": True, "state": done["state"]})
+            except OperationError as exc:
+                results.append({"client_id": client_id, "ok": False, "error": str(exc)})
+        return {"results": results}
 
     async def client(self, client_id: str) -> dict[str, Any]:
         """One client as SPEC section 8 shows it, its depth read live (one passive declare)."""

@@ -193,6 +193,35 @@ async def test_actions_over_http_act_like_control_messages(
     assert amqp.named("item.skipped", "acme")[0]["actor"] == "admin"
 
 
+async def test_resume_all_resumes_each_paused_client_and_says_what_it_did_to_each(
+    api_settings, amqp: Broker
+):
+    """One admin action over several clients, the same from the API and a control message:
+    an answer per client, in order; a client that was not paused is left and said so."""
+    async with running(api_settings) as sup:
+        base = f"http://127.0.0.1:{api_settings.http_port}"
+        for client_id in ("acme", "globex"):
+            await sup.ops.pause(client_id, actor="test")
+        status, answer = await _call(base, "POST", "/api/v1/actions/resume_all", ADMIN,
+                                     {"client_ids": ["globex", "acme", "acme", "nobody"]})
+        await sup.ops.pause("acme", actor="test")
+        by_control = await amqp.control(action="resume_all", client_ids=["acme"], actor="ops")
+        empty = await _call(base, "POST", "/api/v1/actions/resume_all", ADMIN, {})
+        assert [sup.ops.state_of(c) for c in ("acme", "globex")] == ["running", "running"]
+        await wait_until(lambda: len(amqp.named("client.resumed", "acme")) == 2, 15,
+                         "acme's two resumes announced")
+    assert (status, answer) == (200, {"ok": True, "results": [
+        {"client_id": "globex", "ok": True, "state": "running"},
+        {"client_id": "acme", "ok": True, "state": "running"},
+        {"client_id": "acme", "ok": False, "error": "client 'acme' is not paused"},
+        {"client_id": "nobody", "ok": False, "error": "client 'nobody' is not registered"},
+    ]})
+    assert by_control == {"ok": True, "results": [
+        {"client_id": "acme", "ok": True, "state": "running"}]}
+    assert empty == (409, {"ok": False, "error": "resume_all needs client_ids"})
+    assert [e["actor"] for e in amqp.named("client.resumed", "acme")] == ["admin", "ops"]
+
+
 async def test_unrouted_items_are_listed_and_replayed_over_http(
     api_settings, amqp: Broker, shop: FakeShop
 ):
