@@ -20,7 +20,7 @@ from pydantic_core import CoreSchema, core_schema
 if TYPE_CHECKING:
     import aiohttp
 
-    from daemon.clients import ClientConfig, Connection
+    from common.clients import ClientConfig, Connection
     from daemon.settings import Settings
     from handlers.connectors.http import HttpConnector
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from daemon.clients import SECTIONS, ClientConfig, Connection
+from common.clients import SECTIONS, ClientConfig, Connection
 from daemon.settings import Settings
 from handlers.connectors.http import HttpConnector
 from handlers.connectors.magento2 import Magento2Connector

@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import structlog
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from common.clients import check_email
 from daemon import mail, webhooks
-from daemon.clients import check_email
 from handlers.base import ONE_LINE, Context, Handler, Item
 from handlers.errors import PermanentError, TransientError
 

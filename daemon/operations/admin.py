@@ -16,7 +16,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from daemon.clients import InvalidClientId, validate_client_id
+from common.clients import InvalidClientId, validate_client_id
 from daemon.core.blocking import BlockingConsumer
 from daemon.core.failed import FailedStore, UnknownItem
 from daemon.core.parking import OperationError, UnknownClient

@@ -28,8 +28,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from common.clients import Connection
 from daemon import __version__
-from daemon.clients import Connection
 from handlers.errors import HandlerError, PermanentError, TransientError
 
 if TYPE_CHECKING:

@@ -46,7 +46,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from daemon.clients import host_entry
+from common.clients import host_entry
 from handlers.connectors.http import (
     classify_status,
     display_url,

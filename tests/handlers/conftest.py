@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import BaseModel
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from handlers.base import Item
 from handlers.context import HandlerContext
 

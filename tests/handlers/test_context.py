@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.clients import ClientConfig, Connection
+from common.clients import ClientConfig, Connection
 from daemon.settings import Settings
 from handlers.base import Context
 from handlers.connectors import HttpConnector

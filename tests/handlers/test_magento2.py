@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from handlers.connectors.magento2 import Magento2Connector, describe_error, is_ours, render_message
 from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError

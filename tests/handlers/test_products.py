@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from daemon.core.items import describe_payload_error
 from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError

@@ -16,8 +16,8 @@ from aiohttp import web
 from pydantic import ValidationError
 from s2s_stock import StockPayload, update_stock
 
+from common.clients import ClientConfig
 from daemon.broker.producer import Producer
-from daemon.clients import ClientConfig
 from handlers import ENTRY_POINT_GROUP, load_handlers
 from handlers.base import Item
 from handlers.context import HandlerContext
