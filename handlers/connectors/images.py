@@ -47,13 +47,8 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from common.clients import host_entry
-from handlers.connectors.http import (
-    classify_status,
-    display_url,
-    http_error,
-    read_start,
-    transport_errors,
-)
+from common.http import classify_status, display_url, read_start
+from handlers.connectors.errors import http_error, transport_errors
 from handlers.errors import PermanentError
 
 HostPort = tuple[str, int | None]
