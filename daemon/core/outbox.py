@@ -49,8 +49,8 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from common import mail, webhooks
 from common.clients import ClientConfig
-from daemon import mail, webhooks
 from daemon.broker.topology import Topology
 from daemon.core.events import Events
 from daemon.core.notifications import Failure, Resumed
