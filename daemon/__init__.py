@@ -1,3 +1,5 @@
 """s2s-queue: per-client blocking queues and a shared non-blocking queue on RabbitMQ."""
 
-__version__ = "0.1.0"
+from common import __version__
+
+__all__ = ["__version__"]

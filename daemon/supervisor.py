@@ -23,6 +23,7 @@ import aiohttp
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from common.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon import systemd
 from daemon.broker.brokers import connect_robust
 from daemon.broker.channels import PLACING, ConsumerChannels
@@ -34,7 +35,6 @@ from daemon.broker.topology import (
     declare_notify_queues,
     declare_topology,
 )
-from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.core.blocking import BlockingConsumer
 from daemon.core.events import Events
 from daemon.core.failed import FailedStore

@@ -51,9 +51,9 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from common.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon import logs
 from daemon.broker.brokers import connect_robust
-from daemon.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon.core.events import Events
 from daemon.core.metrics import (
     ItemMetrics,

@@ -11,17 +11,19 @@ import builtins
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
+from common.mail import SmtpSettings
+
 if TYPE_CHECKING:
     import aiohttp
 
-    from daemon.clients import ClientConfig, Connection
-    from daemon.settings import Settings
+    from common.clients import ClientConfig, Connection
     from handlers.connectors.http import HttpConnector
 
 P = TypeVar("P", bound=BaseModel)
@@ -74,11 +76,36 @@ class Item(Generic[P]):
     attempt: int = 1
 
 
+class HandlerSettings(SmtpSettings, Protocol):
+    """The daemon's settings a handler may read (`ctx.settings`); the daemon's `Settings`
+    has them all. The SMTP ones (`common.mail.SmtpSettings`) are for `common.mail.send`."""
+
+    @property
+    def handler_timeout(self) -> float:
+        """Seconds one handler call may take (`S2SQ_HANDLER_TIMEOUT`)."""
+        ...
+
+    @property
+    def webhook_timeout(self) -> float:
+        """Seconds one webhook POST may take (`S2SQ_WEBHOOK_TIMEOUT`)."""
+        ...
+
+    @property
+    def image_dir(self) -> Path:
+        """Where `image.fetch` stores images (`S2SQ_IMAGE_DIR`)."""
+        ...
+
+    @property
+    def image_max_bytes(self) -> int:
+        """The largest image a download takes (`S2SQ_IMAGE_MAX_BYTES`)."""
+        ...
+
+
 class Context(Protocol):
     """What a handler may use; the daemon provides the implementation (handlers/context.py)."""
 
     @property
-    def settings(self) -> Settings:
+    def settings(self) -> HandlerSettings:
         """The daemon's settings: SMTP, image folder and limits, timeouts."""
         ...
 

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from daemon.clients import SECTIONS, ClientConfig, Connection
-from daemon.settings import Settings
+from common.clients import SECTIONS, ClientConfig, Connection
+from handlers.base import HandlerSettings
 from handlers.connectors.http import HttpConnector
 from handlers.connectors.magento2 import Magento2Connector
 from handlers.errors import PermanentError
@@ -36,18 +36,18 @@ class HandlerContext:
         session: aiohttp.ClientSession,
         default_timeout: float | None = None,
         *,
-        settings: Settings | None = None,
+        settings: HandlerSettings,
     ) -> None:
         self._clients = clients
         self._session = session
-        self._settings = settings if settings is not None else Settings()
+        self._settings = settings
         # Each HTTP request times out before the whole handler call does.
         self._default_timeout = default_timeout or min(
             DEFAULT_TIMEOUT, self._settings.handler_timeout * 0.9
         )
 
     @property
-    def settings(self) -> Settings:
+    def settings(self) -> HandlerSettings:
         """The daemon's settings (SMTP, image folder and limits, timeouts)."""
         return self._settings
 

@@ -37,9 +37,10 @@ from pydantic import (
 )
 from yarl import URL
 
-from daemon.clients import ClientConfig, split_host_port
+from common.clients import ClientConfig, split_host_port
+from common.http import USER_AGENT, display_url
 from handlers.base import ONE_LINE, Context, Handler, Item
-from handlers.connectors.http import USER_AGENT, Fetch, ImageEntry, display_url
+from handlers.connectors.http import Fetch, ImageEntry
 from handlers.connectors.images import (
     HostPort,
     Image,

@@ -1,7 +1,7 @@
 """`notification.email` and `notification.webhook`: messages a producer asks the daemon to send.
 
 They reuse the daemon's own senders, the ones failure notifications use
-(`daemon.mail.send`, `daemon.webhooks.post`), so there is one SMTP path and one
+(`common.mail.send`, `common.webhooks.post`), so there is one SMTP path and one
 webhook path, each with one error classification:
 
 * email goes through `S2SQ_SMTP_*` (STARTTLS and login when set), plain text
@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import structlog
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from daemon import mail, webhooks
-from daemon.clients import check_email
+from common import mail, webhooks
+from common.clients import check_email
 from handlers.base import ONE_LINE, Context, Handler, Item
 from handlers.errors import PermanentError, TransientError
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/render-emails.py
 
-The mails are made by the daemon's own code (`daemon.mail.render`) from
+The mails are made by the daemon's own code (`common.mail.render`) from
 sample failures; the screenshots are the HTML parts in headless Chromium at
 a phone's width (Debian's `chromium`; skipped with a note when it is missing).
 """
@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon import mail  # noqa: E402 (after the path is set)
+from common import mail  # noqa: E402 (after the path is set)
 from daemon.core.notifications import Failure  # noqa: E402
 from daemon.core.notify_rules import digest_entry, fold  # noqa: E402
 from daemon.settings import Settings  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from daemon.clients import CLIENT_ID_RE
+from common.clients import CLIENT_ID_RE
 
 TYPES = ["product.sync", "product.delete", "image.sync", "image.fetch", "order.add_to_source",
          "fulfillment.add", "notification.email", "notification.webhook", "system.noop"]

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from daemon.webhooks import SIGNATURE_HEADER, verify
+from common.webhooks import SIGNATURE_HEADER, verify
 from tests.support import free_port, serve
 
 

@@ -16,6 +16,7 @@ import aio_pika
 import aiormq.abc
 from aio_pika.abc import AbstractChannel
 
+from common.clock import utcnow
 from daemon.broker.delivery import AmqpDelivery
 from daemon.broker.topology import declare_client_queue
 from daemon.core.items import BadItem, Parsed, parse_item
@@ -23,7 +24,6 @@ from daemon.core.outcomes import Outcomes
 from daemon.core.parking import Delivery, OperationError, Parking, UnknownClient, Work
 from daemon.core.records import Parked
 from daemon.core.runtime import Runtime, backoff, call_handler
-from daemon.core.state import utcnow
 
 __all__ = ["BlockingConsumer", "OperationError", "UnknownClient"]
 

@@ -15,9 +15,9 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from common.clients import CLIENT_ID_RE
+from common.clock import utcnow
 from daemon.broker.topology import Topology
-from daemon.clients import CLIENT_ID_RE
-from daemon.core.state import utcnow
 
 log = structlog.get_logger()
 

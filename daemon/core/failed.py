@@ -28,11 +28,12 @@ from typing import Any
 import aio_pika
 import structlog
 
+from common.clock import age_s, utcnow
 from daemon.broker.topology import Topology
 from daemon.core.outcomes import BROKER_ERRORS, Outcomes
 from daemon.core.parking import OperationError, UnknownClient
 from daemon.core.records import Failed, Released, Unfailed
-from daemon.core.state import StateLog, age_s, utcnow
+from daemon.core.state import StateLog
 from daemon.core.view import FailedEntry, Pending
 
 log = structlog.get_logger()

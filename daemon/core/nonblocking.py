@@ -42,6 +42,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
+from common.clock import utcnow
 from daemon.broker.delivery import AmqpDelivery
 from daemon.core.failed import GENERATION
 from daemon.core.items import BadItem, Parsed, parse_item
@@ -57,7 +58,6 @@ from daemon.core.records import (
     short_error,
 )
 from daemon.core.runtime import Runtime, call_handler
-from daemon.core.state import utcnow
 from handlers.errors import HandlerError, TransientError
 
 log = structlog.get_logger()

@@ -49,9 +49,9 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from daemon import mail, webhooks
+from common import mail, webhooks
+from common.clients import ClientConfig
 from daemon.broker.topology import Topology
-from daemon.clients import ClientConfig
 from daemon.core.events import Events
 from daemon.core.notifications import Failure, Resumed
 from daemon.core.notify_rules import Plan, Rules, decide

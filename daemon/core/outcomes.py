@@ -13,13 +13,13 @@ import time
 import structlog
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from common.clock import utcnow
 from daemon import logs
 from daemon.core.items import Parsed
 from daemon.core.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED, UNROUTED
 from daemon.core.notifications import Failure, Resumed
 from daemon.core.records import Parked, Scope
 from daemon.core.runtime import Runtime
-from daemon.core.state import utcnow
 
 log = structlog.get_logger()
 

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from common.clock import utcnow
 from daemon.core.items import BadItem, Parsed
 from daemon.core.records import (
     Announced,
@@ -46,7 +47,6 @@ from daemon.core.records import (
     display_payload,
     short_error,
 )
-from daemon.core.state import utcnow
 from daemon.core.view import View, same_item
 from handlers.errors import HandlerError, TransientError
 

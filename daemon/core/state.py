@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -45,6 +44,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from common.clock import age_s, utcnow
 from daemon.broker.tail import StreamTail
 from daemon.broker.topology import Topology, declare_client_queue, declare_topology
 from daemon.core.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
@@ -65,20 +65,6 @@ PART_BYTES = 256 * 1024
 """No snapshot part is larger than this (one entry larger than it goes alone)."""
 KIND = "x-s2s-kind"
 """Header naming a record's kind where the tail may skip it unread (snapshot parts)."""
-
-
-def utcnow() -> str:
-    """Now as ISO 8601 UTC, the one time format of records and events."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def age_s(iso: str) -> float:
-    """Seconds since an ISO time written by `utcnow` (0 if it cannot be read)."""
-    try:
-        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - then).total_seconds())
 
 
 async def declare_state_stream(connection: AbstractConnection, topo: Topology) -> None:

@@ -217,7 +217,7 @@ async def _register(
     connection: aio_pika.abc.AbstractRobustConnection, topo: Topology, client_id: str
 ) -> int:
     """Register directly in the broker: works whether or not a daemon is running."""
-    from daemon.clients import InvalidClientId, validate_client_id
+    from common.clients import InvalidClientId, validate_client_id
     from daemon.core.state import register_client
 
     try:
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None, *,
 
 
 def _run(settings: Settings, serve: Callable[[Settings], None]) -> int:
-    from daemon.clients import ClientsFileError
+    from common.clients import ClientsFileError
     from handlers import PluginError
 
     try:

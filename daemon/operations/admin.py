@@ -17,9 +17,9 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from common.clients import InvalidClientId, validate_client_id
 from daemon.broker.depths import DepthCache, queue_depths
 from daemon.broker.producer import NoAnswer, send_control
-from daemon.clients import InvalidClientId, validate_client_id
 from daemon.core.blocking import BlockingConsumer
 from daemon.core.failed import FailedStore, UnknownItem
 from daemon.core.outcomes import Outcomes

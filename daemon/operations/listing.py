@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from daemon.clients import CLIENT_ID_RE
+from common.clients import CLIENT_ID_RE
 
 CLIENTS_LIMIT = 100
 CLIENTS_MAX_LIMIT = 1000

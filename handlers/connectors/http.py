@@ -1,9 +1,10 @@
 """The generic HTTP connector (SPEC §7): JSON over HTTP to a client's channel, catalog, etc.
 
 The one connector layer: every call a handler makes to another system (this
-connector, its Magento 2 subclass, image downloads, webhooks) decides what a
-response means with the pure `classify_status` and `http_error`, and maps
-aiohttp's exceptions to `TransientError` in one place, `transport_errors`.
+connector, its Magento 2 subclass, image downloads) decides what a response
+means with the pure `classify_status` (common/http.py, which webhooks use too)
+and `http_error`, and maps aiohttp's exceptions to `TransientError` in one
+place, `transport_errors` (both in connectors/errors.py).
 `HttpConnector` also holds the product and image operations of SPEC §7's
 table; a connector for another API (connectors/magento2.py) overrides them.
 
@@ -18,31 +19,35 @@ blanked out.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from yarl import URL
 
-from daemon import __version__
-from daemon.clients import Connection
-from handlers.errors import HandlerError, PermanentError, TransientError
+from common.clients import Connection
+from common.http import (
+    BODY_QUOTE_CHARS,
+    USER_AGENT,
+    Outcome,
+    classify_status,
+    display_url,
+    quote_body,
+    read_start,
+)
+from handlers.connectors.errors import http_error, transport_errors
+from handlers.connectors.images import Image
+from handlers.errors import PermanentError
 
-if TYPE_CHECKING:
-    from handlers.connectors.images import Image
+__all__ = [  # with the HTTP pieces from common.http and connectors/errors.py, as before
+    "BODY_QUOTE_CHARS", "GONE", "USER_AGENT", "Fetch", "HttpConnector", "ImageEntry", "Outcome",
+    "classify_status", "display_url", "http_error", "quote_body", "read_start",
+    "transport_errors",
+]
 
-Outcome = Literal["ok", "transient", "permanent"]
-
-BODY_QUOTE_CHARS = 200
-"""How much of a response body an error message quotes."""
-_BODY_READ_BYTES = 4096  # enough for 200 characters after whitespace collapses, even in UTF-8
-
-
-USER_AGENT = f"s2s-queue/{__version__}"
 GONE = (404, 410)
 """Statuses that mean a deleted thing is not there: the delete is done (idempotent)."""
 
@@ -59,47 +64,8 @@ class ImageEntry:
     roles: tuple[str, ...] = ()
 
 
-Fetch = Callable[[str], Awaitable["Image"]]
+Fetch = Callable[[str], Awaitable[Image]]
 """Downloads an image URL (host-checked, size-capped, sniffed): for channels that want bytes."""
-
-
-def classify_status(status: int) -> Outcome:
-    """What an HTTP status means for the item: succeeded, try again later, or give up."""
-    if 200 <= status < 300:
-        return "ok"
-    if status in (408, 429) or 500 <= status < 600:
-        return "transient"
-    # Other 4xx: the peer refused this request; sending it again will not help.
-    # 3xx: we never follow redirects (a redirected PUT may turn into a GET and the
-    # token would follow to another host), so a redirect means base_url is wrong,
-    # which a retry will not fix.  1xx as a final status, or anything outside
-    # 100-599, is a broken peer: park it for a person rather than loop on it.
-    return "permanent"
-
-
-def http_error(
-    method: str, url_path: str, status: int, body_text: str, *, secrets: Iterable[str] = ()
-) -> HandlerError:
-    """The error for a non-2xx response: `PUT /products/ABC-1 → HTTP 422: {"message":…}`.
-
-    `url_path` is reduced to its path, so a query string or credentials passed
-    by mistake are not shown; each of `secrets` found in the body is blanked.
-    """
-    path = urlsplit(url_path).path or "/"
-    snippet = quote_body(body_text, secrets)
-    message = f"{method} {path} → HTTP {status}" + (f": {snippet}" if snippet else "")
-    error = TransientError if classify_status(status) == "transient" else PermanentError
-    return error(message)
-
-
-def quote_body(body_text: str, secrets: Iterable[str] = ()) -> str:
-    """The start of a response body for an error message: whitespace collapsed, at most
-    `BODY_QUOTE_CHARS` characters, each of `secrets` blanked out."""
-    for secret in secrets:
-        if secret:
-            body_text = body_text.replace(secret, "***")
-    text = " ".join(body_text.split())
-    return text if len(text) <= BODY_QUOTE_CHARS else text[:BODY_QUOTE_CHARS] + "…"
 
 
 class HttpConnector:
@@ -232,56 +198,6 @@ class HttpConnector:
                 raise PermanentError(f"path segment {seg!r} is not allowed in a URL")
         escaped = "/".join(quote(seg, safe="") for seg in path_segments)
         return URL(f"{self._base}/{escaped}", encoded=True)
-
-
-@contextmanager
-def transport_errors(method: str, url: URL, timeout: aiohttp.ClientTimeout) -> Iterator[None]:
-    """Turn aiohttp's connection-level failures into one readable `TransientError`.
-
-    The one place they are mapped (STYLE 6): every request a connector or
-    handler makes goes through it.
-    """
-    try:
-        yield
-    except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        reason = _reason(exc, timeout)
-        raise TransientError(f"{method} {display_url(url)} failed: {reason}") from exc
-
-
-async def read_start(resp: aiohttp.ClientResponse) -> str:
-    """The first few KB of the body as text: enough to quote, without reading a huge page."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < _BODY_READ_BYTES:
-        chunk = await resp.content.read(_BODY_READ_BYTES - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    raw = b"".join(chunks)
-    try:
-        return raw.decode(resp.charset or "utf-8", "replace")
-    except LookupError:  # a charset Python does not know
-        return raw.decode("utf-8", "replace")
-
-
-def _reason(exc: BaseException, timeout: aiohttp.ClientTimeout) -> str:
-    """A few plain words for a connection-level failure."""
-    if isinstance(exc, TimeoutError):
-        return f"timed out after {timeout.total:g} s"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return "connection refused"
-        os_error = exc.os_error
-        return f"cannot connect: {os_error.strerror or os_error or type(os_error).__name__}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def display_url(url: URL) -> str:
-    """The URL without credentials, query or fragment, for messages."""
-    return f"{url.origin()}{url.raw_path}"
 
 
 def _decode(payload: bytes) -> Any:

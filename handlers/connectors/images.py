@@ -46,14 +46,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from daemon.clients import host_entry
-from handlers.connectors.http import (
-    classify_status,
-    display_url,
-    http_error,
-    read_start,
-    transport_errors,
-)
+from common.clients import host_entry
+from common.http import classify_status, display_url, read_start
+from handlers.connectors.errors import http_error, transport_errors
 from handlers.errors import PermanentError
 
 HostPort = tuple[str, int | None]

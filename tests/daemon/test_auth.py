@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from pydantic import SecretStr
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from daemon.faces.http.auth import Identity, authenticate, bearer_token
 
 ADMIN = SecretStr("admin-token-1")

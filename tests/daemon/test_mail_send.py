@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon import mail
+from common import mail
 from daemon.settings import Settings
 from tests.sinks import MailSink
 from tests.support import free_port

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from daemon import mail, webhooks
+from common import mail, webhooks
 from daemon.core.notifications import Failure, summarize
 from daemon.core.notify_rules import (
     REMEMBER_S,

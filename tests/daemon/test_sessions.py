@@ -6,7 +6,7 @@ import hashlib
 
 from pydantic import SecretStr
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from daemon.faces.http.auth import Identity
 from daemon.faces.http.sessions import SESSION_SECONDS, Signer, issue, read
 

@@ -15,7 +15,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import BaseModel
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
+from daemon.settings import Settings
 from handlers.base import Item
 from handlers.context import HandlerContext
 
@@ -114,7 +115,7 @@ def clients(channel: FakeChannel) -> dict[str, ClientConfig]:
 @pytest.fixture
 def ctx(clients: dict[str, ClientConfig], session: aiohttp.ClientSession) -> HandlerContext:
     """A handler context reading `clients`, with a 5 s default request timeout."""
-    return HandlerContext(lambda: clients, session, default_timeout=5.0)
+    return HandlerContext(lambda: clients, session, default_timeout=5.0, settings=Settings())
 
 
 @pytest.fixture

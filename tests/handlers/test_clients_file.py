@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clients import (
+from common.clients import (
     ClientsFileError,
     InvalidClientId,
     load_clients_file,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.clients import ClientConfig, Connection
+from common.clients import ClientConfig, Connection
 from daemon.settings import Settings
 from handlers.base import Context
 from handlers.connectors import HttpConnector
@@ -27,7 +27,7 @@ def test_the_context_returns_the_clients_connection(ctx, clients):
 def test_the_context_reads_the_clients_file_again_on_each_call(session):
     """A reload (SIGHUP) is seen by the next item, without a new context."""
     current: dict[str, ClientConfig] = {}
-    ctx = HandlerContext(lambda: current, session)
+    ctx = HandlerContext(lambda: current, session, settings=Settings())
     with pytest.raises(PermanentError):
         ctx.connection("acme", "source")
     current["acme"] = ClientConfig(source=Connection(base_url="https://erp.example"))
@@ -53,7 +53,7 @@ def test_magento2_connections_get_the_magento_connector(session):
     """`kind` picks the connector class; both share the daemon's session."""
     config = ClientConfig(channel=Connection(kind="magento2", base_url="https://m2.example"),
                           catalog=Connection(base_url="https://cat.example"))
-    ctx = HandlerContext(lambda: {"acme": config}, session)
+    ctx = HandlerContext(lambda: {"acme": config}, session, settings=Settings())
     assert isinstance(ctx.connector("acme", "channel"), Magento2Connector)
     assert type(ctx.connector("acme", "catalog")) is HttpConnector
 

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from daemon.clients import Connection
+from common.clients import Connection
 from handlers.connectors import HttpConnector, classify_status, http_error
 from handlers.connectors.http import USER_AGENT
 from handlers.errors import PermanentError, TransientError

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 from yarl import URL
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from daemon.core.items import describe_payload_error
 from daemon.settings import Settings
 from handlers.connectors.images import address_kind, sniff, verify

@@ -6,7 +6,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
+from daemon.settings import Settings
 from handlers.connectors.magento2 import Magento2Connector, describe_error, is_ours, render_message
 from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError
@@ -38,7 +39,7 @@ def image_host(images: ImageHost) -> str:
 def ctx(magento: FakeMagento, image_host: str, session: aiohttp.ClientSession) -> HandlerContext:
     clients = {"acme": magento_client(magento, image_host),
                "wrong": magento_client(magento, image_host, "nope")}
-    return HandlerContext(lambda: clients, session, default_timeout=5.0)
+    return HandlerContext(lambda: clients, session, default_timeout=5.0, settings=Settings())
 
 
 async def sync(ctx: HandlerContext, sku: str = "ABC-1", client: str = "acme", **fields) -> None:

@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from daemon import webhooks
-from daemon.clients import ClientConfig
+from common import webhooks
+from common.clients import ClientConfig
 from daemon.settings import Settings
 from handlers.context import HandlerContext
 from handlers.errors import PermanentError, TransientError

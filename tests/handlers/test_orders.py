@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from handlers.context import HandlerContext
 from handlers.errors import PermanentError, TransientError
 from handlers.orders import FulfillmentPayload, OrderPayload, add_fulfillment, add_order

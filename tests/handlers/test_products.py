@@ -6,8 +6,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from daemon.core.items import describe_payload_error
+from daemon.settings import Settings
 from handlers.context import HandlerContext
 from handlers.errors import HandlerError, PermanentError, TransientError
 from handlers.products import DeletePayload, SyncPayload, delete_product, sync_product
@@ -96,7 +97,7 @@ async def test_product_sync_is_transient_when_the_channel_is_unreachable(
     assert conn is not None
     moved_conn = conn.model_copy(update={"base_url": f"http://127.0.0.1:{closed_port}"})
     moved = {"acme": ClientConfig(channel=moved_conn)}
-    ctx = HandlerContext(lambda: moved, session, default_timeout=5.0)
+    ctx = HandlerContext(lambda: moved, session, default_timeout=5.0, settings=Settings())
     with pytest.raises(TransientError, match="connection refused"):
         await sync(ctx)
 
@@ -104,7 +105,7 @@ async def test_product_sync_is_transient_when_the_channel_is_unreachable(
 async def test_product_sync_is_transient_when_the_channel_is_too_slow(channel, clients, session):
     """A channel slower than the request timeout is a transient failure."""
     channel.reply = Reply(delay=30.0)
-    ctx = HandlerContext(lambda: clients, session, default_timeout=0.2)
+    ctx = HandlerContext(lambda: clients, session, default_timeout=0.2, settings=Settings())
     with pytest.raises(TransientError, match=r"failed: timed out after 0\.2 s$"):
         await sync(ctx)
 
@@ -134,7 +135,7 @@ async def test_product_delete_fails_like_any_request_otherwise(channel, ctx):
 
 async def test_a_client_without_the_section_fails_permanently_naming_it(session):
     """The error names the missing table so the operator knows what to add."""
-    ctx = HandlerContext(lambda: {"acme": ClientConfig()}, session)
+    ctx = HandlerContext(lambda: {"acme": ClientConfig()}, session, settings=Settings())
     with pytest.raises(PermanentError) as info:
         await sync(ctx)
     assert (

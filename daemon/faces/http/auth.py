@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 
 
 @dataclass(frozen=True, slots=True)

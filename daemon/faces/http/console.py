@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from daemon.clients import CLIENT_ID_RE
+from common.clients import CLIENT_ID_RE
 from daemon.faces.http import outcomes
 from daemon.faces.http.auth import Identity, authenticate
 from daemon.faces.http.face import FACE, face_of

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from daemon.operations.admin import Operations
 from daemon.settings import Settings
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import orjson
 from pydantic import SecretStr
 
-from daemon.clients import ClientConfig
+from common.clients import ClientConfig
 from daemon.faces.http.auth import Identity
 
 SESSION_COOKIE = "s2s_session"

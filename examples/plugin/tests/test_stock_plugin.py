@@ -16,8 +16,9 @@ from aiohttp import web
 from pydantic import ValidationError
 from s2s_stock import StockPayload, update_stock
 
+from common.clients import ClientConfig
 from daemon.broker.producer import Producer
-from daemon.clients import ClientConfig
+from daemon.settings import Settings
 from handlers import ENTRY_POINT_GROUP, load_handlers
 from handlers.base import Item
 from handlers.context import HandlerContext
@@ -85,7 +86,7 @@ async def ctx(channel: Channel) -> AsyncIterator[HandlerContext]:
             {"channel": {"kind": "magento2", "base_url": channel.url}}),
     }
     async with aiohttp.ClientSession() as session:
-        yield HandlerContext(lambda: clients, session, default_timeout=5.0)
+        yield HandlerContext(lambda: clients, session, default_timeout=5.0, settings=Settings())
 
 
 async def update(ctx: HandlerContext, sku: str = "A/1", client: str = "acme") -> None:

@@ -4,7 +4,7 @@ The body is `{"event", "client_id", "message_id", "data"}` as JSON; the
 header `X-S2S-Signature: sha256=<hex>` is the HMAC-SHA256 of the raw body
 with the client's webhook secret. `sign` and `verify` are pure; `post` does
 the I/O and says whether a failure is worth retrying (SPEC section 7's rule,
-`handlers.connectors.http.classify_status`: 408, 429, 5xx, timeouts and
+`common.http.classify_status`: 408, 429, 5xx, timeouts and
 connection errors are transient). Redirects are not followed: the signed
 body goes to the configured URL or nowhere.
 """
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from handlers.connectors.http import classify_status, quote_body, read_start
+from common.http import classify_status, quote_body, read_start
 
 SIGNATURE_HEADER = "X-S2S-Signature"
 

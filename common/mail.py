@@ -15,16 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiosmtplib
 import jinja2
-
-from daemon.settings import Settings
+from pydantic import SecretStr
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("daemon", "templates/mail"),
+    loader=jinja2.PackageLoader("common", "templates/mail"),
     autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
@@ -33,6 +32,34 @@ _env = jinja2.Environment(
 )
 
 _ACCENT = {"parked": "#cf222e", "failed": "#bc4c00", "digest": "#bc4c00"}
+
+
+class SmtpSettings(Protocol):
+    """The settings `send` reads (`S2SQ_SMTP_*`); the daemon's `Settings` has them."""
+
+    @property
+    def smtp_host(self) -> str: ...
+    @property
+    def smtp_port(self) -> int: ...
+    @property
+    def smtp_from(self) -> str: ...
+    @property
+    def smtp_username(self) -> str | None: ...
+    @property
+    def smtp_password(self) -> SecretStr | None: ...
+    @property
+    def smtp_starttls(self) -> bool: ...
+    @property
+    def smtp_timeout(self) -> float: ...
+
+
+class RenderSettings(Protocol):
+    """The settings `render` reads: where the console is, how long a digest gathers."""
+
+    @property
+    def console_base(self) -> str: ...
+    @property
+    def notify_digest_window(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +92,8 @@ def recipients(client_emails: Sequence[str], admin_emails: Sequence[str]) -> tup
 
 
 def render(kind: str, job: dict[str, Any], *, client_name: str, to: tuple[str, ...],
-           cc: tuple[str, ...], settings: Settings, digest: dict[str, Any] | None = None) -> Mail:
+           cc: tuple[str, ...], settings: RenderSettings,
+           digest: dict[str, Any] | None = None) -> Mail:
     """The email for one notification (`kind`: parked, failed or digest) (pure)."""
     client_id = str(job["client_id"])
     name = client_name or client_id
@@ -172,7 +200,7 @@ class MailError(Exception):
         self.settings = settings
 
 
-async def send(mail: Mail, settings: Settings) -> dict[str, str]:
+async def send(mail: Mail, settings: SmtpSettings) -> dict[str, str]:
     """Send `mail` over SMTP (STARTTLS and login when set).
 
     Returns the recipients the server refused while it took the mail for the
