@@ -30,7 +30,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, 
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity
+from aio_pika.exceptions import ChannelNotFoundEntity
+
+from daemon.broker.errors import CHANNEL_ERRORS
 
 log = structlog.get_logger()
 
@@ -72,7 +74,7 @@ async def _read(connection: AbstractConnection, todo: Iterator[str], out: Depths
 
 async def _close(channel: AbstractChannel) -> None:
     if not channel.is_closed:
-        with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+        with contextlib.suppress(*CHANNEL_ERRORS):
             await channel.close()
 
 

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -42,11 +41,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daemon.broker.depths import queue_depths
+from daemon.broker.errors import CHANNEL_ERRORS
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
 
 log = structlog.get_logger()
+
+_DEPTHS_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, TimeoutError)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SUCCEEDED, FAILED_TRANSIENT, FAILED_FINAL, SKIPPED, UNROUTED = (
@@ -266,7 +268,7 @@ async def _gauges(supervisor: Supervisor) -> Gauges:
             shared = await queue_depths(supervisor.connection,
                                         [topo.unrouted, topo.nonblocking, *delays, *waiting])
             backlog = None if outbox is None else sum(shared.get(n) or 0 for n in waiting)
-    except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+    except _DEPTHS_ERRORS as exc:
         log.warning("metrics.broker_unavailable", error=repr(exc))
         return counted
     cache = supervisor.depth_cache

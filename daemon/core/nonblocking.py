@@ -43,10 +43,11 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
 from daemon.broker.delivery import AmqpDelivery
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.core.failed import GENERATION
 from daemon.core.items import BadItem, Parsed, parse_item
 from daemon.core.notifications import failure_from_record
-from daemon.core.outcomes import BROKER_ERRORS, Outcomes
+from daemon.core.outcomes import Outcomes
 from daemon.core.records import (
     Failed,
     Redelivered,
@@ -131,7 +132,7 @@ class Held:
             return
         self.settled = True
         await asyncio.sleep(REQUEUE_PAUSE_S)
-        with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
+        with contextlib.suppress(*CHANNEL_ERRORS, RuntimeError):
             await self.message.nack(requeue=True)
 
 
@@ -204,7 +205,7 @@ class NonBlockingPool:
             await self._handle(held)
         except asyncio.CancelledError:
             raise  # shutdown or a lost channel: the broker hands it back
-        except BROKER_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("item.interrupted", message_id=message.message_id, type=message.type,
                         queue="nonblocking", error=repr(exc))
             await held.requeue()
@@ -292,7 +293,7 @@ class NonBlockingPool:
         """Queue the failure's notification; if the broker refused, hand the item back."""
         try:
             await self._rt.notifier.failed(failure_from_record(record))
-        except BROKER_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("notify.not_queued", client_id=record.client_id,
                         message_id=record.message_id, type=record.type, error=repr(exc))
             raise  # requeued: redelivered, `_already_failed` queues it again

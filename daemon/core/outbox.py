@@ -47,9 +47,9 @@ import aiohttp
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon import mail, webhooks
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.topology import Topology
 from daemon.clients import ClientConfig
 from daemon.core.events import Events
@@ -142,7 +142,7 @@ class Outbox:
             await asyncio.gather(*pending, return_exceptions=True)
         for channel in (*self._channels, self._publisher):
             if channel is not None and not channel.is_closed:
-                with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                with contextlib.suppress(*CHANNEL_ERRORS):
                     await channel.close()
         log.info("notify.stopped", jobs=dict(self.jobs),
                  deliveries={f"{c}.{o}": n for (c, o), n in self.deliveries.items()},
@@ -198,7 +198,7 @@ class Outbox:
         try:
             await work(job)
             await message.ack()
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("notify.interrupted", **_about(job), error=repr(exc))
         except Exception as exc:  # a crash (a job that cannot be built, a bug): bounded below
             await self._crashed(message, job, step, exc)
@@ -229,9 +229,9 @@ class Outbox:
                     mandatory=True,
                 )
             await message.ack()
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as err:
+        except CHANNEL_ERRORS as err:
             log.warning("notify.interrupted", **_about(job), error=repr(err))
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+            with contextlib.suppress(*CHANNEL_ERRORS):
                 await message.nack(requeue=True)
 
     async def _give_up(self, job: Job, step: Step, error: str, attempts: int) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 
 import structlog
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon import logs
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.core.items import Parsed
 from daemon.core.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED, UNROUTED
 from daemon.core.notifications import Failure, Resumed
@@ -22,8 +22,6 @@ from daemon.core.runtime import Runtime
 from daemon.core.state import utcnow
 
 log = structlog.get_logger()
-
-BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError)
 
 
 class Outcomes:
@@ -82,7 +80,7 @@ class Outcomes:
                 error=park.error, attempts=park.attempts, at=park.failed_at,
                 payload=park.payload, repeated=park.since != park.failed_at,
             ))
-        except BROKER_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("notify.not_queued", client_id=scope, message_id=mid, type=park.type,
                         error=repr(exc))
             return False
@@ -99,7 +97,7 @@ class Outcomes:
                                 queue="blocking", how=how, actor=actor)
         try:
             await rt.notifier.resumed(Resumed(scope, mid, type_, how, actor, utcnow()))
-        except BROKER_ERRORS as exc:  # the resume stands even if its webhook is not queued
+        except CHANNEL_ERRORS as exc:  # the resume stands even if its webhook is not queued
             log.warning("notify.not_queued", client_id=scope, message_id=mid, type=type_,
                         error=repr(exc))
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from daemon import logs
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.topology import Topology
 from daemon.core.events import Events
 from daemon.core.items import Parsed
@@ -72,7 +72,7 @@ async def notify_resumed(rt: Runtime, resumed: Resumed) -> None:
     """Queue the `client.resumed` webhook; the resume stands even if the broker refuses it."""
     try:
         await rt.notifier.resumed(resumed)
-    except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+    except CHANNEL_ERRORS as exc:
         log.warning("notify.not_queued", client_id=resumed.client_id,
                     message_id=resumed.message_id, type=resumed.type, error=repr(exc))
 

@@ -43,14 +43,17 @@ from aio_pika.abc import (
     AbstractConnection,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.tail import StreamTail
 from daemon.broker.topology import Topology, declare_client_queue, declare_topology
 from daemon.core.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
 from daemon.core.view import View
 
 log = structlog.get_logger()
+
+_APPEND_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, RuntimeError)
+_SNAPSHOT_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, TimeoutError)
 
 Listener = Callable[[Record], None]
 
@@ -363,7 +366,7 @@ class StateLog:
                     await task
         await self._close_tail()
         if self._write is not None and not self._write.is_closed:
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+            with contextlib.suppress(*CHANNEL_ERRORS):
                 await self._write.close()
 
     # -- writing ---------------------------------------------------------------------
@@ -380,7 +383,7 @@ class StateLog:
         for attempt in itertools.count():
             try:
                 await append_record(self._write, self._topo, record, self._replica, mark)
-            except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError):
+            except _APPEND_ERRORS:
                 if time.monotonic() > deadline:
                     raise
                 log.info("state.append_retry", kind=record.kind, attempt=attempt)
@@ -463,8 +466,7 @@ class StateLog:
         self._receive(message)  # before any await: records apply in delivery order
         tag = getattr(message.delivery, "delivery_tag", None)
         if tag is not None:
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError,
-                                     RuntimeError):
+            with contextlib.suppress(*CHANNEL_ERRORS, RuntimeError):
                 await message.channel.basic_ack(tag)
 
     def _receive(self, message: aiormq.abc.DeliveredMessage) -> None:
@@ -545,7 +547,7 @@ class StateLog:
     async def _write_snapshot_logged(self) -> None:
         try:
             await self.write_snapshot()
-        except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+        except _SNAPSHOT_ERRORS as exc:
             log.warning("state.snapshot_failed", error=repr(exc))
 
     async def write_snapshot(self) -> None:
