@@ -49,6 +49,7 @@ from daemon.core.unrouted import UnroutedWatch
 from daemon.faces.control import Control
 from daemon.operations.admin import OperationError, Operations
 from daemon.settings import Settings
+from daemon.tasks import Tasks, cancel_and_wait
 from daemon.workers import WorkerProcesses
 from handlers import load_handlers
 from handlers.base import Handler
@@ -71,7 +72,7 @@ class Supervisor:
         self.ready = False
         self.stop_requested = asyncio.Event()
         self._starting: dict[str, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = Tasks()  # a reload, a consumer to start: errors logged, not lost
         self._connection: AbstractRobustConnection | None = None
         self._pool: ConsumerChannels | None = None
         self._nonblocking: NonBlockingPool | None = None
@@ -177,7 +178,7 @@ class Supervisor:
             await leadership.start()
             stack.push_async_callback(leadership.stop)
             redrive = asyncio.ensure_future(self.failed_store.run_redrive(self._is_leader))
-            stack.push_async_callback(_cancel, redrive)
+            stack.push_async_callback(cancel_and_wait, redrive)
             control = Control(self._connection, self.topo, self.ops, self.replica, leadership)
             await control.start()
             stack.push_async_callback(control.stop)
@@ -289,19 +290,7 @@ class Supervisor:
     def _reload_soon(self) -> None:
         if self._workers is not None:
             self._workers.signal(signal.SIGHUP)
-        self._spawn(self.reload())
-
-    def _spawn(self, coro: Any) -> None:
-        """Run `coro` in the background; its errors are logged, not lost."""
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._background.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("task.failed", exc_info=t.exception())
-
-        task.add_done_callback(done)
+        self._background.spawn(self.reload())
 
     async def reload(self) -> None:
         """SIGHUP: re-read the clients file and register what it adds; work goes on."""
@@ -371,7 +360,7 @@ class Supervisor:
                 consumer.parking.on_resumed()
         elif (isinstance(record, Registered) and record.client_id not in self.consumers
               and self._pool is not None):
-            self._spawn(self._ensure_consumer(record.client_id))
+            self._background.spawn(self._ensure_consumer(record.client_id))
 
     # -- queries -----------------------------------------------------------------
 
@@ -426,12 +415,6 @@ class Supervisor:
                 await channel.queue_delete(name)
             with contextlib.suppress(Exception):
                 await channel.close()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def run(settings: Settings) -> None:

@@ -33,6 +33,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import ChannelNotFoundEntity
 
 from daemon.broker.errors import CHANNEL_ERRORS
+from daemon.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
@@ -128,10 +129,7 @@ class DepthCache:
     async def stop(self) -> None:
         """Cancel the walker, and wait for it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def refreshed(self) -> None:
         """Wait until a walk that begins after this call has ended well (tests, benchmarks)."""

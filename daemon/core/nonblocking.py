@@ -59,6 +59,7 @@ from daemon.core.records import (
 )
 from daemon.core.runtime import Runtime, call_handler
 from daemon.core.state import utcnow
+from daemon.tasks import Tasks
 from handlers.errors import HandlerError, TransientError
 
 log = structlog.get_logger()
@@ -145,7 +146,7 @@ class NonBlockingPool:
         self._rt = rt
         self._outcomes = outcomes
         self._channel: AbstractRobustChannel | None = None
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running = Tasks()  # the deliveries' callback tasks, while they run
         self._stopping = False
         self._delays = rt.settings.retry_delays
 
@@ -182,11 +183,7 @@ class NonBlockingPool:
 
     async def drain(self, timeout: float) -> None:
         """Let running items finish within `timeout`, then interrupt the rest and close."""
-        if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._running.stop(timeout)
         if self._channel is not None and not self._channel.is_closed:
             self._channel.reopen_callbacks.discard(self._on_reopened)
             await self._channel.close()
@@ -196,11 +193,12 @@ class NonBlockingPool:
     async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         if self._stopping:
             return  # never started: handed back when the channel closes
-        task = asyncio.current_task()
-        assert task is not None
-        self._running.add(task)
-        message = AmqpDelivery(delivered)
-        held = Held(message)
+        with self._running.running():
+            await self._settle(Held(AmqpDelivery(delivered)))
+
+    async def _settle(self, held: Held) -> None:
+        """Handle the delivery; no exception leaves it held."""
+        message = held.message
         try:
             await self._handle(held)
         except asyncio.CancelledError:
@@ -213,8 +211,6 @@ class NonBlockingPool:
             log.exception("item.crashed", message_id=message.message_id, type=message.type,
                           queue="nonblocking")
             await self._crashed(held, exc)
-        finally:
-            self._running.discard(task)
 
     async def _crashed(self, held: Held, exc: Exception) -> None:
         if held.settled:

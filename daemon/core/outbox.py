@@ -58,6 +58,7 @@ from daemon.core.notify_rules import Plan, Rules, decide
 from daemon.core.records import Notified
 from daemon.core.state import StateLog
 from daemon.settings import Settings
+from daemon.tasks import Tasks
 
 log = structlog.get_logger()
 
@@ -89,7 +90,7 @@ class Outbox:
         self._rules = Rules(settings.notify_quiet_period, settings.notify_digest_window)
         self._publisher: AbstractChannel | None = None
         self._channels: list[AbstractChannel] = []
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running = Tasks()  # the consumers' callback tasks, while they run
         self._stopping = False
         self.jobs: Counter[str] = Counter()  # queued, by job kind
         self.deliveries: Counter[tuple[str, str]] = Counter()  # by (channel, outcome)
@@ -135,11 +136,7 @@ class Outbox:
     async def stop(self, timeout: float) -> None:
         """Take nothing new; let what runs finish within `timeout`; hand the rest back."""
         self._stopping = True
-        if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._running.stop(timeout)
         for channel in (*self._channels, self._publisher):
             if channel is not None and not channel.is_closed:
                 with contextlib.suppress(*CHANNEL_ERRORS):
@@ -177,13 +174,8 @@ class Outbox:
                        work: Callable[[Job], Awaitable[None]]) -> None:
         if self._stopping:
             return  # not started: handed back when the channel closes
-        task = asyncio.current_task()
-        assert task is not None
-        self._running.add(task)
-        try:
+        with self._running.running():
             await self._run(message, step, work)
-        finally:
-            self._running.discard(task)
 
     async def _run(self, message: AbstractIncomingMessage, step: Step,
                    work: Callable[[Job], Awaitable[None]]) -> None:

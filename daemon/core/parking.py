@@ -48,6 +48,7 @@ from daemon.core.records import (
 )
 from daemon.core.state import utcnow
 from daemon.core.view import View, same_item
+from daemon.tasks import Tasks
 from handlers.errors import HandlerError, TransientError
 
 log = structlog.get_logger()
@@ -135,6 +136,7 @@ class Parking:
         self._park: Parked | None = None  # the park this holder holds (or is retrying)
         self._runs: set[asyncio.Task[Any]] = set()  # at most one, but a handover overlaps
         self._reporting: asyncio.Task[Any] | None = None  # the last action's side effects
+        self._tasks = Tasks(client_id=scope)  # the tasks started here: a crash is logged
         self._done_unacked: tuple[str | None, str] | None = None
         self._epoch: int | None = None  # the epoch of our claim of the held redelivery
         # True until the first delivery on a newly placed consumer: before it, another
@@ -569,9 +571,7 @@ class Parking:
 
     async def _own(self, work: Awaitable[dict[str, Any]], what: str) -> dict[str, Any]:
         """Run an admin action in a task of ours: a lost channel cancels it, not the caller."""
-        task: asyncio.Task[dict[str, Any]] = asyncio.ensure_future(
-            self._guarded(work, raise_=True))
-        self._track(task)
+        task: asyncio.Task[dict[str, Any]] = self._tasks.spawn(self._guarded(work, raise_=True))
         await asyncio.wait({task})
         if task.cancelled():
             raise OperationError(
@@ -601,12 +601,11 @@ class Parking:
                 except Exception:
                     log.exception("parking.report_failed", client_id=self.scope)
 
-        task = asyncio.ensure_future(in_turn())
+        task = self._tasks.spawn(in_turn())
         self._runs.add(task)  # busy from now, not from its first step
         self._idle.clear()
         task.add_done_callback(self._run_ended)
         self._reporting = task
-        self._track(task)
 
     def _run_ended(self, task: asyncio.Task[Any]) -> None:
         self._runs.discard(task)
@@ -622,8 +621,7 @@ class Parking:
             self._phase = Phase.PAUSED if self.paused else Phase.IDLE
             return
         self._phase = Phase.RUNNING
-        self._track(asyncio.ensure_future(self._guarded(self._run_item(delivery),
-                                                        raise_=False)))
+        self._tasks.spawn(self._guarded(self._run_item(delivery), raise_=False))
 
     async def _guarded(self, work: Awaitable[Any], *, raise_: bool) -> Any:
         """Run `work` as a run of this scope: busy meanwhile; a crash never leaves the item unowned.
@@ -665,13 +663,6 @@ class Parking:
         await self._park_failed(head, head.message_id, head.type,
                                 f"internal error in s2s-queue: {type(exc).__name__}: {exc}",
                                 attempts=0, payload=display_payload(head.body))
-
-    def _track(self, task: asyncio.Task[Any]) -> None:
-        def done(t: asyncio.Task[Any]) -> None:
-            if not t.cancelled() and t.exception() is not None:
-                log.error("parking.task_failed", client_id=self.scope, exc_info=t.exception())
-
-        task.add_done_callback(done)
 
     async def _settle(self, delivery: Delivery) -> None:
         """Ack the finished item; if the channel went meanwhile, remember it as done."""

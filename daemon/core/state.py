@@ -49,6 +49,7 @@ from daemon.broker.tail import StreamTail
 from daemon.broker.topology import Topology, declare_client_queue, declare_topology
 from daemon.core.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
 from daemon.core.view import View
+from daemon.tasks import Tasks
 
 log = structlog.get_logger()
 
@@ -248,7 +249,7 @@ class StateLog:
         self._snapshotting: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._pending_sync: asyncio.Future[None] | None = None  # a marker not sent yet
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending = Tasks()  # markers on their way
         self.replayed = 0  # records applied at start-up (after the snapshot)
         self._records_read = 0
 
@@ -359,11 +360,12 @@ class StateLog:
 
     async def stop(self) -> None:
         """Stop snapshotting, then close both channels."""
-        for task in (self._ticker, self._snapshotting, *self._sending):
+        for task in (self._ticker, self._snapshotting):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        await self._sending.stop()
         await self._close_tail()
         if self._write is not None and not self._write.is_closed:
             with contextlib.suppress(*CHANNEL_ERRORS):
@@ -402,8 +404,7 @@ class StateLog:
         waiter = self._pending_sync
         if waiter is None:
             waiter = self._pending_sync = asyncio.get_running_loop().create_future()
-            self._sending.add(task := asyncio.ensure_future(self._send_marker(waiter)))
-            task.add_done_callback(self._sending.discard)
+            self._sending.spawn(self._send_marker(waiter))
         async with asyncio.timeout(timeout):
             await asyncio.shield(waiter)
 
