@@ -351,17 +351,12 @@ class NonBlockingPool:
         if not await self._record_failure(held, record):
             await held.requeue()
             return
-        self._rt.metrics.count(type_, "nonblocking", "failed_final")
+        self._outcomes.failed(record)
         # Queued before the ack: a crash in between redelivers the item, and
         # `_already_failed` queues it again (the outbox sends it once).
         await self._notify(held, record)
         await held.ack()
-        log.warning("item.failed", client_id=client_id, message_id=message_id, type=type_,
-                    queue="nonblocking", attempts=attempt, error=error)
-        await self._rt.events.publish(
-            "item.failed", client_id=client_id, message_id=message_id, type_=type_,
-            queue="nonblocking", error=error, attempt=attempt, final=True,
-        )
+        await self._outcomes.failed_settled(record)
 
     async def _record_failure(self, held: Held, record: Failed) -> bool:
         """Write the failure under the copy's claim count; read it back; again if fenced.

@@ -17,7 +17,7 @@ from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.core.items import Parsed
 from daemon.core.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED, UNROUTED
 from daemon.core.notifications import Failure, Resumed
-from daemon.core.records import Parked, Scope
+from daemon.core.records import Failed, Parked, Scope
 from daemon.core.runtime import Runtime
 from daemon.core.state import utcnow
 
@@ -54,6 +54,19 @@ class Outcomes:
             "item.failed", client_id=item.client_id, message_id=item.message_id,
             type_=item.type, queue=item.queue, error=error, attempt=attempt, final=False,
         )
+
+    def failed(self, record: Failed) -> None:
+        """A non-blocking item's failure is in the failed store: counted, once."""
+        self._rt.metrics.count(record.type, "nonblocking", FAILED_FINAL)
+
+    async def failed_settled(self, record: Failed) -> None:
+        """The failed item is acked (its notification queued): its log line and event."""
+        scope, mid = record.client_id, record.message_id
+        log.warning("item.failed", client_id=scope, message_id=mid, type=record.type,
+                    queue="nonblocking", attempts=record.attempts, error=record.error)
+        await self._rt.events.publish("item.failed", client_id=scope, message_id=mid,
+                                      type_=record.type, queue="nonblocking",
+                                      error=record.error, attempt=record.attempts, final=True)
 
     def parked(self, park: Parked, *, repeated: bool) -> None:
         """A park is recorded (announced separately, once)."""
@@ -100,6 +113,18 @@ class Outcomes:
         except CHANNEL_ERRORS as exc:  # the resume stands even if its webhook is not queued
             log.warning("notify.not_queued", client_id=scope, message_id=mid, type=type_,
                         error=repr(exc))
+
+    async def paused(self, client_id: str, actor: str) -> None:
+        """A client is paused (its pause record won)."""
+        await self._rt.events.publish("client.paused", client_id=client_id, message_id=None,
+                                      type_=None, queue="blocking", actor=actor)
+        log.info("client.paused", client_id=client_id, actor=actor)
+
+    async def registered(self, client_id: str, actor: str) -> None:
+        """A new client is registered (its queue consumed, its record written)."""
+        await self._rt.events.publish("client.registered", client_id=client_id,
+                                      message_id=None, type_=None, queue="blocking", actor=actor)
+        log.info("client.registered", client_id=client_id, actor=actor)
 
     async def skipped(self, client_id: str, message_id: str | None, type_: str | None,
                       queue: str, actor: str, reason: str | None) -> None:
