@@ -41,6 +41,7 @@ import aiormq.abc
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from structlog.contextvars import bound_contextvars
 
 from daemon.broker.delivery import AmqpDelivery
 from daemon.broker.errors import CHANNEL_ERRORS
@@ -193,23 +194,24 @@ class NonBlockingPool:
     async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         if self._stopping:
             return  # never started: handed back when the channel closes
-        with self._running.running():
-            await self._settle(Held(AmqpDelivery(delivered)))
+        message = AmqpDelivery(delivered)
+        # Every log line of this delivery carries them (daemon/logs.py merges them in).
+        with self._running.running(), bound_contextvars(
+                client_id=self._client_of(message), message_id=message.message_id,
+                type=message.type):
+            await self._guarded(Held(message))
 
-    async def _settle(self, held: Held) -> None:
+    async def _guarded(self, held: Held) -> None:
         """Handle the delivery; no exception leaves it held."""
-        message = held.message
         try:
             await self._handle(held)
         except asyncio.CancelledError:
             raise  # shutdown or a lost channel: the broker hands it back
         except CHANNEL_ERRORS as exc:
-            log.warning("item.interrupted", message_id=message.message_id, type=message.type,
-                        queue="nonblocking", error=repr(exc))
+            log.warning("item.interrupted", queue="nonblocking", error=repr(exc))
             await held.requeue()
         except Exception as exc:  # our own bug: the item is set aside, the slot freed
-            log.exception("item.crashed", message_id=message.message_id, type=message.type,
-                          queue="nonblocking")
+            log.exception("item.crashed", queue="nonblocking")
             await self._crashed(held, exc)
 
     async def _crashed(self, held: Held, exc: Exception) -> None:
@@ -221,7 +223,7 @@ class NonBlockingPool:
                              attempts_made(held.message.headers) + 1,
                              display_payload(held.message.body))
         except Exception:
-            log.exception("item.not_recorded", message_id=held.message.message_id)
+            log.exception("item.not_recorded")
             await held.requeue()
 
     async def _handle(self, held: Held) -> None:
@@ -278,7 +280,7 @@ class NonBlockingPool:
         if spent is None or spent[1] not in ("", digest_of(message.body)):
             return False
         fid = spent[0]
-        log.info("item.already_failed", message_id=message.message_id, type=message.type)
+        log.info("item.already_failed")
         where = view.fids.get(fid)
         if where is not None and where[0] == "failed":  # still failed: notify (again)
             await self._notify(held, view.failed[where[1]].record)
@@ -330,8 +332,8 @@ class NonBlockingPool:
         )
         await self._rt.publish_confirmed(retry, routing_key=self._rt.topo.delay_queue(delay))
         await held.ack()
-        log.info("item.retry_later", client_id=item.client_id, message_id=item.message_id,
-                 type=item.type, queue="nonblocking", attempt=attempt, delay_s=delay)
+        log.info("item.retry_later", type=item.type, queue="nonblocking", attempt=attempt,
+                 delay_s=delay)
         await self._outcomes.attempt_failed(parsed, attempt, error)
 
     async def _fail(self, held: Held, client_id: str, type_: str | None, error: str,

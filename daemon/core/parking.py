@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from daemon.core.items import BadItem, Parsed
 from daemon.core.records import (
@@ -239,16 +240,24 @@ class Parking:
 
     # -- a delivery ----------------------------------------------------------------------
 
+    def _about(self, delivery: Delivery) -> contextlib.AbstractContextManager[None]:
+        """The delivery's fields on every log line while it is handled (daemon/logs.py)."""
+        return bound_contextvars(client_id=self.scope, message_id=delivery.message_id,
+                                 type=delivery.type)
+
     async def take(self, delivery: Delivery) -> None:
         """Decide the fate of a delivery at the head (runs in its callback task)."""
+        with self._about(delivery):
+            await self._take(delivery)
+
+    async def _take(self, delivery: Delivery) -> None:
         placement = self._placement
         while self.holding or self.busy:
             if self.holding:  # a hand-over: wait, unrun; if the channel closes, it goes back
                 await self._unheld.wait()
             else:
                 # The run on a channel since closed is still unwinding: never two at once.
-                log.info("item.waiting_for_previous_run", client_id=self.scope,
-                         message_id=delivery.message_id)
+                log.info("item.waiting_for_previous_run")
                 await self._idle.wait()
             if placement != self._placement:
                 return  # its channel closed meanwhile: the tag is void, the broker has it
@@ -268,8 +277,7 @@ class Parking:
         if delivery.redelivered:
             view = await self._claim(delivery)
             if self._already_done(delivery, view):
-                log.info("item.already_done", client_id=self.scope,
-                         message_id=delivery.message_id, type=delivery.type)
+                log.info("item.already_done")
                 if view.open_claim(self.scope) is not None:  # ours: close it before the ack
                     await self._close_claim(delivery)
                 with contextlib.suppress(Exception):  # a lost channel: redelivered, acked then
@@ -292,8 +300,7 @@ class Parking:
             return False
         if self.scope in view.paused:
             self._phase = Phase.PAUSED
-            log.info("item.held", client_id=self.scope, message_id=delivery.message_id,
-                     reason="paused")
+            log.info("item.held", reason="paused")
             return False
         return True
 
@@ -317,7 +324,7 @@ class Parking:
             if view.claim_ids.get(self.scope) == claim:
                 self._epoch = view.epoch(self.scope)
                 return view
-            log.info("item.claim_again", client_id=self.scope, message_id=delivery.message_id)
+            log.info("item.claim_again")
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _close_claim(self, delivery: Delivery) -> None:
@@ -621,7 +628,8 @@ class Parking:
             self._phase = Phase.PAUSED if self.paused else Phase.IDLE
             return
         self._phase = Phase.RUNNING
-        self._tasks.spawn(self._guarded(self._run_item(delivery), raise_=False))
+        with self._about(delivery):  # the task's context is a copy of this one
+            self._tasks.spawn(self._guarded(self._run_item(delivery), raise_=False))
 
     async def _guarded(self, work: Awaitable[Any], *, raise_: bool) -> Any:
         """Run `work` as a run of this scope: busy meanwhile; a crash never leaves the item unowned.
