@@ -41,7 +41,7 @@ import aiormq.abc
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from daemon.broker.delivery import AmqpDelivery
 from daemon.broker.errors import CHANNEL_ERRORS
@@ -195,11 +195,15 @@ class NonBlockingPool:
         if self._stopping:
             return  # never started: handed back when the channel closes
         message = AmqpDelivery(delivered)
-        # Every log line of this delivery carries them (daemon/logs.py merges them in).
-        with self._running.running(), bound_contextvars(
-                client_id=self._client_of(message), message_id=message.message_id,
-                type=message.type):
-            await self._guarded(Held(message))
+        # Every log line of this delivery carries them (daemon/logs.py merges them in);
+        # bound_contextvars without its generator: a third of the cost per item.
+        tokens = bind_contextvars(client_id=self._client_of(message),
+                                  message_id=message.message_id, type=message.type)
+        try:
+            with self._running.running():
+                await self._guarded(Held(message))
+        finally:
+            reset_contextvars(**tokens)
 
     async def _guarded(self, held: Held) -> None:
         """Handle the delivery; no exception leaves it held."""

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, bound_contextvars, reset_contextvars
 
 from daemon.core.items import BadItem, Parsed
 from daemon.core.records import (
@@ -247,8 +247,13 @@ class Parking:
 
     async def take(self, delivery: Delivery) -> None:
         """Decide the fate of a delivery at the head (runs in its callback task)."""
-        with self._about(delivery):
+        # bound_contextvars without its generator: a third of the cost on the hot path
+        tokens = bind_contextvars(client_id=self.scope, message_id=delivery.message_id,
+                                  type=delivery.type)
+        try:
             await self._take(delivery)
+        finally:
+            reset_contextvars(**tokens)
 
     async def _take(self, delivery: Delivery) -> None:
         placement = self._placement
