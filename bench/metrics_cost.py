@@ -3,7 +3,7 @@
     python bench/metrics_cost.py [--number 200000]
 
 Times, in a tight loop (best of 5), the calls a succeeded item makes:
-`ItemMetrics.count` (from `report_success`), `ItemMetrics.observe` and the two
+`ItemMetrics.count` (from `Outcomes.succeeded`), `ItemMetrics.observe` and the two
 `perf_counter` reads around the handler (from `call_handler`); then a whole
 `call_handler` of a handler that returns at once, for scale. The daemon spends
 ~550 µs of CPU per blocking item (bench/RESULTS.md), raw aio-pika ~380 µs.
@@ -59,7 +59,7 @@ def main() -> None:
     number = parser.parse_args().number
     metrics = ItemMetrics({"system.noop"})
     rows = {
-        "count (report_success)": best(
+        "count (Outcomes.succeeded)": best(
             lambda: metrics.count("system.noop", "blocking", SUCCEEDED), number),
         "observe (call_handler)": best(
             lambda: metrics.observe("system.noop", "blocking", 0.001), number),

@@ -9,7 +9,6 @@ then stop in order — stop taking items, let running ones finish within
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import signal
 import socket
@@ -52,6 +51,7 @@ from daemon.faces.http.scrape import Sources, render
 from daemon.faces.http.server import serve
 from daemon.operations.admin import Operations
 from daemon.settings import Settings
+from daemon.tasks import Tasks, cancel_and_wait
 from daemon.workers import WorkerProcesses
 from handlers import load_handlers
 from handlers.base import Handler
@@ -74,7 +74,7 @@ class Supervisor:
         self.ready = False
         self.stop_requested = asyncio.Event()
         self._starting: dict[str, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = Tasks()  # a reload, a consumer to start: errors logged, not lost
         self._connection: AbstractRobustConnection | None = None
         self._pool: ConsumerChannels | None = None
         self._nonblocking: NonBlockingPool | None = None
@@ -190,7 +190,7 @@ class Supervisor:
             await leadership.start()
             stack.push_async_callback(leadership.stop)
             redrive = asyncio.ensure_future(self.failed_store.run_redrive(self._is_leader))
-            stack.push_async_callback(_cancel, redrive)
+            stack.push_async_callback(cancel_and_wait, redrive)
             control = Control(self._connection, self.topo, self.ops, self.replica, leadership)
             await control.start()
             stack.push_async_callback(control.stop)
@@ -308,19 +308,7 @@ class Supervisor:
     def _reload_soon(self) -> None:
         if self._workers is not None:
             self._workers.signal(signal.SIGHUP)
-        self._spawn(self.reload())
-
-    def _spawn(self, coro: Any) -> None:
-        """Run `coro` in the background; its errors are logged, not lost."""
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._background.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("task.failed", exc_info=t.exception())
-
-        task.add_done_callback(done)
+        self._background.spawn(self.reload())
 
     async def reload(self) -> None:
         """SIGHUP: re-read the clients file and register what it adds; work goes on."""
@@ -342,10 +330,7 @@ class Supervisor:
         if created:
             await self.state.append(Registered(client_id=client_id, actor=actor,
                                                op=op or uuid.uuid4().hex))
-            await self.rt.events.publish("client.registered", client_id=client_id,
-                                         message_id=None, type_=None, queue="blocking",
-                                         actor=actor)
-            log.info("client.registered", client_id=client_id, actor=actor)
+            await self.outcomes.registered(client_id, actor)
         return created
 
     async def _start_consumers(self, client_ids: Iterable[str]) -> None:
@@ -390,7 +375,7 @@ class Supervisor:
                 consumer.parking.on_resumed()
         elif (isinstance(record, Registered) and record.client_id not in self.consumers
               and self._pool is not None):
-            self._spawn(self._ensure_consumer(record.client_id))
+            self._background.spawn(self._ensure_consumer(record.client_id))
 
     # -- queries -----------------------------------------------------------------
 
@@ -403,12 +388,6 @@ class Supervisor:
         names = {self.topo.client_queue(client_id): client_id for client_id in client_ids}
         found = await queue_depths(self.connection, list(names))
         return {names[name]: depth for name, depth in found.items()}
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def run(settings: Settings) -> None:

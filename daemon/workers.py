@@ -69,6 +69,7 @@ from daemon.core.outcomes import Outcomes
 from daemon.core.runtime import Runtime
 from daemon.core.state import StateLog
 from daemon.settings import Settings
+from daemon.tasks import Tasks, cancel_and_wait
 from handlers import load_handlers
 from handlers.base import Handler
 from handlers.context import HandlerContext
@@ -195,7 +196,7 @@ class WorkerProcesses:
     def __init__(self, settings: Settings, count: int, replica: str) -> None:
         self._settings = settings
         self.workers = [Worker(slot, settings, replica) for slot in range(1, count + 1)]
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = Tasks()  # each worker's run: restarts it until stopped
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -203,7 +204,8 @@ class WorkerProcesses:
 
     async def start(self) -> None:
         """Start every worker; wait until each consumes (or `START_TIMEOUT_S`)."""
-        self._tasks = [asyncio.ensure_future(w.run()) for w in self.workers]
+        for worker in self.workers:
+            self._tasks.spawn(worker.run())
         if not self.workers:
             return
         waits = [asyncio.ensure_future(w.ready.wait()) for w in self.workers]
@@ -228,9 +230,7 @@ class WorkerProcesses:
             return
         self._stopped = True
         await asyncio.gather(*(w.stop(self._settings.shutdown_timeout) for w in self.workers))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.stop()
         log.info("workers.stopped", workers=len(self.workers),
                  restarts=sum(w.restarts for w in self.workers))
 
@@ -271,9 +271,7 @@ class PoolWorker:
             await self.stop_requested.wait()
             pool.begin_stop()
             await pool.drain(self.settings.shutdown_timeout)
-            reporting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporting
+            await cancel_and_wait(reporting)
             report.send(encode_samples(item_samples(rt.metrics)), always=True)  # the last word
         log.info("worker.stopped", worker=self.slot, replica=self.replica)
 

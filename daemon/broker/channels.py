@@ -38,6 +38,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from daemon.broker.brokers import connect_first, scrub, where
+from daemon.tasks import Tasks
 
 log = structlog.get_logger()
 
@@ -115,7 +116,7 @@ class ConsumerChannels:
         self._groups: list[Group] = []
         self._lock = asyncio.Lock()
         self._closing = False
-        self._recovering: set[asyncio.Task[None]] = set()
+        self._recovering = Tasks()
         self.connected = asyncio.Event()
         self.recoveries = 0  # consumer groups placed again after a loss (for tests and metrics)
 
@@ -136,9 +137,7 @@ class ConsumerChannels:
     async def close(self) -> None:
         """Close every channel (the broker requeues what they held, at the head), then the link."""
         self._closing = True
-        for task in list(self._recovering):
-            task.cancel()
-        await asyncio.gather(*self._recovering, return_exceptions=True)
+        await self._recovering.stop()
         for group in self._groups:
             with contextlib.suppress(Exception):
                 await group.channel.close()
@@ -266,7 +265,7 @@ class ConsumerChannels:
         if not self._closing and not self._recovering:
             # No consumer to place again (no clients yet): connect all the same, or
             # `connected`, and with it the daemon's readiness, would never come back.
-            self._track(asyncio.ensure_future(self._reconnect()))
+            self._recovering.spawn(self._reconnect())
 
     def _lose(self, groups: list[Group], exc: BaseException | None) -> None:
         """Forget the groups' channels and place their consumers again (each group once)."""
@@ -287,11 +286,7 @@ class ConsumerChannels:
         self._spawn_recovery(consumers)
 
     def _spawn_recovery(self, consumers: list[Placeable]) -> None:
-        self._track(asyncio.ensure_future(self._recover(consumers)))
-
-    def _track(self, task: asyncio.Task[None]) -> None:
-        self._recovering.add(task)
-        task.add_done_callback(self._recovering.discard)
+        self._recovering.spawn(self._recover(consumers))
 
     async def _reconnect(self) -> None:
         """Connect again, retrying with back-off, unless a placement did it meanwhile."""

@@ -30,7 +30,10 @@ from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, 
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity
+from aio_pika.exceptions import ChannelNotFoundEntity
+
+from daemon.broker.errors import CHANNEL_ERRORS
+from daemon.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
@@ -72,7 +75,7 @@ async def _read(connection: AbstractConnection, todo: Iterator[str], out: Depths
 
 async def _close(channel: AbstractChannel) -> None:
     if not channel.is_closed:
-        with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+        with contextlib.suppress(*CHANNEL_ERRORS):
             await channel.close()
 
 
@@ -126,10 +129,7 @@ class DepthCache:
     async def stop(self) -> None:
         """Cancel the walker, and wait for it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def refreshed(self) -> None:
         """Wait until a walk that begins after this call has ended well (tests, benchmarks)."""

@@ -23,6 +23,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from daemon.broker.topology import Topology
+from daemon.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
@@ -83,10 +84,7 @@ class Leadership:
         await queue.consume(self._on_beat)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 

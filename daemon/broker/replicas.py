@@ -49,6 +49,7 @@ from aio_pika.abc import (
 
 from daemon.broker.channels import Group
 from daemon.broker.topology import Topology
+from daemon.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
@@ -155,15 +156,10 @@ class Replicas:
             # Cut mid-way, a move would leave consumers neither on a channel nor lost.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(moving), PATIENCE + 5)
-            moving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await moving
+            await cancel_and_wait(moving)
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in tasks:  # the beat
+            await cancel_and_wait(task)
         if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
                 await self._send(gone=True)

@@ -38,6 +38,8 @@ import aiormq.abc
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from daemon.tasks import cancel_and_wait
+
 log = structlog.get_logger()
 
 Start = Callable[[], int | str]
@@ -73,10 +75,7 @@ class StreamTail:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self._drop()
 
     async def _consume(self) -> None:

@@ -29,8 +29,9 @@ import aio_pika
 import structlog
 
 from common.clock import age_s, utcnow
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.topology import Topology
-from daemon.core.outcomes import BROKER_ERRORS, Outcomes
+from daemon.core.outcomes import Outcomes
 from daemon.core.parking import OperationError, UnknownClient
 from daemon.core.records import Failed, Released, Unfailed
 from daemon.core.state import StateLog
@@ -199,5 +200,5 @@ class FailedStore:
                 continue
             try:
                 await self.redrive()
-            except BROKER_ERRORS as exc:
+            except CHANNEL_ERRORS as exc:
                 log.warning("failed.redrive_failed", error=repr(exc))

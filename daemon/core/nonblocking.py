@@ -41,13 +41,15 @@ import aiormq.abc
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from common.clock import utcnow
 from daemon.broker.delivery import AmqpDelivery
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.core.failed import GENERATION
 from daemon.core.items import BadItem, Parsed, parse_item
 from daemon.core.notifications import failure_from_record
-from daemon.core.outcomes import BROKER_ERRORS, Outcomes
+from daemon.core.outcomes import Outcomes
 from daemon.core.records import (
     Failed,
     Redelivered,
@@ -58,6 +60,7 @@ from daemon.core.records import (
     short_error,
 )
 from daemon.core.runtime import Runtime, call_handler
+from daemon.tasks import Tasks
 from handlers.errors import HandlerError, TransientError
 
 log = structlog.get_logger()
@@ -131,7 +134,7 @@ class Held:
             return
         self.settled = True
         await asyncio.sleep(REQUEUE_PAUSE_S)
-        with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
+        with contextlib.suppress(*CHANNEL_ERRORS, RuntimeError):
             await self.message.nack(requeue=True)
 
 
@@ -144,7 +147,7 @@ class NonBlockingPool:
         self._rt = rt
         self._outcomes = outcomes
         self._channel: AbstractRobustChannel | None = None
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running = Tasks()  # the deliveries' callback tasks, while they run
         self._stopping = False
         self._delays = rt.settings.retry_delays
 
@@ -181,11 +184,7 @@ class NonBlockingPool:
 
     async def drain(self, timeout: float) -> None:
         """Let running items finish within `timeout`, then interrupt the rest and close."""
-        if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._running.stop(timeout)
         if self._channel is not None and not self._channel.is_closed:
             self._channel.reopen_callbacks.discard(self._on_reopened)
             await self._channel.close()
@@ -195,25 +194,29 @@ class NonBlockingPool:
     async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         if self._stopping:
             return  # never started: handed back when the channel closes
-        task = asyncio.current_task()
-        assert task is not None
-        self._running.add(task)
         message = AmqpDelivery(delivered)
-        held = Held(message)
+        # Every log line of this delivery carries them (daemon/logs.py merges them in);
+        # bound_contextvars without its generator: a third of the cost per item.
+        tokens = bind_contextvars(client_id=self._client_of(message),
+                                  message_id=message.message_id, type=message.type)
+        try:
+            with self._running.running():
+                await self._guarded(Held(message))
+        finally:
+            reset_contextvars(**tokens)
+
+    async def _guarded(self, held: Held) -> None:
+        """Handle the delivery; no exception leaves it held."""
         try:
             await self._handle(held)
         except asyncio.CancelledError:
             raise  # shutdown or a lost channel: the broker hands it back
-        except BROKER_ERRORS as exc:
-            log.warning("item.interrupted", message_id=message.message_id, type=message.type,
-                        queue="nonblocking", error=repr(exc))
+        except CHANNEL_ERRORS as exc:
+            log.warning("item.interrupted", queue="nonblocking", error=repr(exc))
             await held.requeue()
         except Exception as exc:  # our own bug: the item is set aside, the slot freed
-            log.exception("item.crashed", message_id=message.message_id, type=message.type,
-                          queue="nonblocking")
+            log.exception("item.crashed", queue="nonblocking")
             await self._crashed(held, exc)
-        finally:
-            self._running.discard(task)
 
     async def _crashed(self, held: Held, exc: Exception) -> None:
         if held.settled:
@@ -224,7 +227,7 @@ class NonBlockingPool:
                              attempts_made(held.message.headers) + 1,
                              display_payload(held.message.body))
         except Exception:
-            log.exception("item.not_recorded", message_id=held.message.message_id)
+            log.exception("item.not_recorded")
             await held.requeue()
 
     async def _handle(self, held: Held) -> None:
@@ -281,7 +284,7 @@ class NonBlockingPool:
         if spent is None or spent[1] not in ("", digest_of(message.body)):
             return False
         fid = spent[0]
-        log.info("item.already_failed", message_id=message.message_id, type=message.type)
+        log.info("item.already_failed")
         where = view.fids.get(fid)
         if where is not None and where[0] == "failed":  # still failed: notify (again)
             await self._notify(held, view.failed[where[1]].record)
@@ -292,7 +295,7 @@ class NonBlockingPool:
         """Queue the failure's notification; if the broker refused, hand the item back."""
         try:
             await self._rt.notifier.failed(failure_from_record(record))
-        except BROKER_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("notify.not_queued", client_id=record.client_id,
                         message_id=record.message_id, type=record.type, error=repr(exc))
             raise  # requeued: redelivered, `_already_failed` queues it again
@@ -333,8 +336,8 @@ class NonBlockingPool:
         )
         await self._rt.publish_confirmed(retry, routing_key=self._rt.topo.delay_queue(delay))
         await held.ack()
-        log.info("item.retry_later", client_id=item.client_id, message_id=item.message_id,
-                 type=item.type, queue="nonblocking", attempt=attempt, delay_s=delay)
+        log.info("item.retry_later", type=item.type, queue="nonblocking", attempt=attempt,
+                 delay_s=delay)
         await self._outcomes.attempt_failed(parsed, attempt, error)
 
     async def _fail(self, held: Held, client_id: str, type_: str | None, error: str,
@@ -354,17 +357,12 @@ class NonBlockingPool:
         if not await self._record_failure(held, record):
             await held.requeue()
             return
-        self._rt.metrics.count(type_, "nonblocking", "failed_final")
+        self._outcomes.failed(record)
         # Queued before the ack: a crash in between redelivers the item, and
         # `_already_failed` queues it again (the outbox sends it once).
         await self._notify(held, record)
         await held.ack()
-        log.warning("item.failed", client_id=client_id, message_id=message_id, type=type_,
-                    queue="nonblocking", attempts=attempt, error=error)
-        await self._rt.events.publish(
-            "item.failed", client_id=client_id, message_id=message_id, type_=type_,
-            queue="nonblocking", error=error, attempt=attempt, final=True,
-        )
+        await self._outcomes.failed_settled(record)
 
     async def _record_failure(self, held: Held, record: Failed) -> bool:
         """Write the failure under the copy's claim count; read it back; again if fenced.

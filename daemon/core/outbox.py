@@ -47,10 +47,10 @@ import aiohttp
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from common import mail, webhooks
 from common.clients import ClientConfig
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.topology import Topology
 from daemon.core.events import Events
 from daemon.core.notifications import Failure, Resumed
@@ -58,6 +58,7 @@ from daemon.core.notify_rules import Plan, Rules, decide
 from daemon.core.records import Notified
 from daemon.core.state import StateLog
 from daemon.settings import Settings
+from daemon.tasks import Tasks
 
 log = structlog.get_logger()
 
@@ -89,7 +90,7 @@ class Outbox:
         self._rules = Rules(settings.notify_quiet_period, settings.notify_digest_window)
         self._publisher: AbstractChannel | None = None
         self._channels: list[AbstractChannel] = []
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running = Tasks()  # the consumers' callback tasks, while they run
         self._stopping = False
         self.jobs: Counter[str] = Counter()  # queued, by job kind
         self.deliveries: Counter[tuple[str, str]] = Counter()  # by (channel, outcome)
@@ -135,14 +136,10 @@ class Outbox:
     async def stop(self, timeout: float) -> None:
         """Take nothing new; let what runs finish within `timeout`; hand the rest back."""
         self._stopping = True
-        if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._running.stop(timeout)
         for channel in (*self._channels, self._publisher):
             if channel is not None and not channel.is_closed:
-                with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                with contextlib.suppress(*CHANNEL_ERRORS):
                     await channel.close()
         log.info("notify.stopped", jobs=dict(self.jobs),
                  deliveries={f"{c}.{o}": n for (c, o), n in self.deliveries.items()},
@@ -177,13 +174,8 @@ class Outbox:
                        work: Callable[[Job], Awaitable[None]]) -> None:
         if self._stopping:
             return  # not started: handed back when the channel closes
-        task = asyncio.current_task()
-        assert task is not None
-        self._running.add(task)
-        try:
+        with self._running.running():
             await self._run(message, step, work)
-        finally:
-            self._running.discard(task)
 
     async def _run(self, message: AbstractIncomingMessage, step: Step,
                    work: Callable[[Job], Awaitable[None]]) -> None:
@@ -198,7 +190,7 @@ class Outbox:
         try:
             await work(job)
             await message.ack()
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("notify.interrupted", **_about(job), error=repr(exc))
         except Exception as exc:  # a crash (a job that cannot be built, a bug): bounded below
             await self._crashed(message, job, step, exc)
@@ -229,9 +221,9 @@ class Outbox:
                     mandatory=True,
                 )
             await message.ack()
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as err:
+        except CHANNEL_ERRORS as err:
             log.warning("notify.interrupted", **_about(job), error=repr(err))
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+            with contextlib.suppress(*CHANNEL_ERRORS):
                 await message.nack(requeue=True)
 
     async def _give_up(self, job: Job, step: Step, error: str, attempts: int) -> None:

@@ -11,19 +11,17 @@ from __future__ import annotations
 import time
 
 import structlog
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from common.clock import utcnow
 from daemon import logs
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.core.items import Parsed
 from daemon.core.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED, UNROUTED
 from daemon.core.notifications import Failure, Resumed
-from daemon.core.records import Parked, Scope
+from daemon.core.records import Failed, Parked, Scope
 from daemon.core.runtime import Runtime
 
 log = structlog.get_logger()
-
-BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError)
 
 
 class Outcomes:
@@ -57,6 +55,19 @@ class Outcomes:
             type_=item.type, queue=item.queue, error=error, attempt=attempt, final=False,
         )
 
+    def failed(self, record: Failed) -> None:
+        """A non-blocking item's failure is in the failed store: counted, once."""
+        self._rt.metrics.count(record.type, "nonblocking", FAILED_FINAL)
+
+    async def failed_settled(self, record: Failed) -> None:
+        """The failed item is acked (its notification queued): its log line and event."""
+        scope, mid = record.client_id, record.message_id
+        log.warning("item.failed", client_id=scope, message_id=mid, type=record.type,
+                    queue="nonblocking", attempts=record.attempts, error=record.error)
+        await self._rt.events.publish("item.failed", client_id=scope, message_id=mid,
+                                      type_=record.type, queue="nonblocking",
+                                      error=record.error, attempt=record.attempts, final=True)
+
     def parked(self, park: Parked, *, repeated: bool) -> None:
         """A park is recorded (announced separately, once)."""
         self._rt.metrics.count(park.type, "blocking", FAILED_FINAL)
@@ -82,7 +93,7 @@ class Outcomes:
                 error=park.error, attempts=park.attempts, at=park.failed_at,
                 payload=park.payload, repeated=park.since != park.failed_at,
             ))
-        except BROKER_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("notify.not_queued", client_id=scope, message_id=mid, type=park.type,
                         error=repr(exc))
             return False
@@ -99,9 +110,21 @@ class Outcomes:
                                 queue="blocking", how=how, actor=actor)
         try:
             await rt.notifier.resumed(Resumed(scope, mid, type_, how, actor, utcnow()))
-        except BROKER_ERRORS as exc:  # the resume stands even if its webhook is not queued
+        except CHANNEL_ERRORS as exc:  # the resume stands even if its webhook is not queued
             log.warning("notify.not_queued", client_id=scope, message_id=mid, type=type_,
                         error=repr(exc))
+
+    async def paused(self, client_id: str, actor: str) -> None:
+        """A client is paused (its pause record won)."""
+        await self._rt.events.publish("client.paused", client_id=client_id, message_id=None,
+                                      type_=None, queue="blocking", actor=actor)
+        log.info("client.paused", client_id=client_id, actor=actor)
+
+    async def registered(self, client_id: str, actor: str) -> None:
+        """A new client is registered (its queue consumed, its record written)."""
+        await self._rt.events.publish("client.registered", client_id=client_id,
+                                      message_id=None, type_=None, queue="blocking", actor=actor)
+        log.info("client.registered", client_id=client_id, actor=actor)
 
     async def skipped(self, client_id: str, message_id: str | None, type_: str | None,
                       queue: str, actor: str, reason: str | None) -> None:

@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from daemon import logs
 from daemon.broker.topology import Topology
 from daemon.core.events import Events
 from daemon.core.items import Parsed
-from daemon.core.metrics import SUCCEEDED, ItemMetrics
-from daemon.core.notifications import Notifier, Resumed
+from daemon.core.metrics import ItemMetrics
+from daemon.core.notifications import Notifier
 from daemon.core.state import StateLog
 from daemon.settings import Settings
 from handlers.base import Context, Handler, Item
@@ -52,29 +50,6 @@ class Runtime:
             else await self.confirm_channel.get_exchange(exchange, ensure=False)
         )
         await target.publish(message, routing_key=routing_key, mandatory=True)
-
-
-async def report_success(rt: Runtime, parsed: Parsed, attempts: int, started: float) -> None:
-    """The one log line and the `item.succeeded` event of an item that succeeded."""
-    item = parsed.item
-    rt.metrics.count(item.type, item.queue, SUCCEEDED)
-    duration_ms = round((time.monotonic() - started) * 1000, 1)
-    logs.hot_info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
-                  type=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms)
-    if rt.settings.succeeded_events:
-        await rt.events.publish(
-            "item.succeeded", client_id=item.client_id, message_id=item.message_id,
-            type_=item.type, queue=item.queue, attempts=attempts, duration_ms=duration_ms,
-        )
-
-
-async def notify_resumed(rt: Runtime, resumed: Resumed) -> None:
-    """Queue the `client.resumed` webhook; the resume stands even if the broker refuses it."""
-    try:
-        await rt.notifier.resumed(resumed)
-    except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-        log.warning("notify.not_queued", client_id=resumed.client_id,
-                    message_id=resumed.message_id, type=resumed.type, error=repr(exc))
 
 
 async def call_handler(

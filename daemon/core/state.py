@@ -42,15 +42,19 @@ from aio_pika.abc import (
     AbstractConnection,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from common.clock import age_s, utcnow
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.tail import StreamTail
 from daemon.broker.topology import Topology, declare_client_queue, declare_topology
 from daemon.core.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
 from daemon.core.view import View
+from daemon.tasks import Tasks
 
 log = structlog.get_logger()
+
+_APPEND_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, RuntimeError)
+_SNAPSHOT_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, TimeoutError)
 
 Listener = Callable[[Record], None]
 
@@ -231,7 +235,7 @@ class StateLog:
         self._snapshotting: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._pending_sync: asyncio.Future[None] | None = None  # a marker not sent yet
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending = Tasks()  # markers on their way
         self.replayed = 0  # records applied at start-up (after the snapshot)
         self._records_read = 0
 
@@ -342,14 +346,15 @@ class StateLog:
 
     async def stop(self) -> None:
         """Stop snapshotting, then close both channels."""
-        for task in (self._ticker, self._snapshotting, *self._sending):
+        for task in (self._ticker, self._snapshotting):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        await self._sending.stop()
         await self._close_tail()
         if self._write is not None and not self._write.is_closed:
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+            with contextlib.suppress(*CHANNEL_ERRORS):
                 await self._write.close()
 
     # -- writing ---------------------------------------------------------------------
@@ -366,7 +371,7 @@ class StateLog:
         for attempt in itertools.count():
             try:
                 await append_record(self._write, self._topo, record, self._replica, mark)
-            except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError):
+            except _APPEND_ERRORS:
                 if time.monotonic() > deadline:
                     raise
                 log.info("state.append_retry", kind=record.kind, attempt=attempt)
@@ -385,8 +390,7 @@ class StateLog:
         waiter = self._pending_sync
         if waiter is None:
             waiter = self._pending_sync = asyncio.get_running_loop().create_future()
-            self._sending.add(task := asyncio.ensure_future(self._send_marker(waiter)))
-            task.add_done_callback(self._sending.discard)
+            self._sending.spawn(self._send_marker(waiter))
         async with asyncio.timeout(timeout):
             await asyncio.shield(waiter)
 
@@ -449,8 +453,7 @@ class StateLog:
         self._receive(message)  # before any await: records apply in delivery order
         tag = getattr(message.delivery, "delivery_tag", None)
         if tag is not None:
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError,
-                                     RuntimeError):
+            with contextlib.suppress(*CHANNEL_ERRORS, RuntimeError):
                 await message.channel.basic_ack(tag)
 
     def _receive(self, message: aiormq.abc.DeliveredMessage) -> None:
@@ -531,7 +534,7 @@ class StateLog:
     async def _write_snapshot_logged(self) -> None:
         try:
             await self.write_snapshot()
-        except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+        except _SNAPSHOT_ERRORS as exc:
             log.warning("state.snapshot_failed", error=repr(exc))
 
     async def write_snapshot(self) -> None:

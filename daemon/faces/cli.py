@@ -119,8 +119,9 @@ def _payload(args: argparse.Namespace) -> Any:
         raise CliError(f"payload is not valid JSON: {exc}", 2) from None
 
 
-BROKER_ERRORS = (OSError, TimeoutError, aiormq.exceptions.AMQPError)
-"""What talking to the broker raises (AMQPConnectionError is also an OSError)."""
+COMMAND_ERRORS = (OSError, TimeoutError, aiormq.exceptions.AMQPError)
+"""What a command's own connection to the broker raises (AMQPConnectionError is also an
+OSError); not the daemon's `CHANNEL_ERRORS`, which say a channel went away under it."""
 _NOT_FOUND = re.compile(r"NOT_FOUND - (.*?) in vhost")
 
 
@@ -170,7 +171,7 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
     payload = _payload(args) if args.command == "publish" else None  # bad usage first
     try:
         answer = await _talk(settings, args, payload)
-    except BROKER_ERRORS as exc:
+    except COMMAND_ERRORS as exc:
         raise _broker_failure(exc, settings) from None
     if answer is None:
         return 0

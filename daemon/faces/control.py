@@ -15,7 +15,6 @@ hostile or broken caller: the message is refused unread and logged.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aio_pika
@@ -28,6 +27,7 @@ from daemon.broker.producer import DIRECT_REPLY_TO
 from daemon.broker.topology import Topology
 from daemon.operations.actions import ACTIONS, Request, perform
 from daemon.operations.admin import OperationError, Operations
+from daemon.tasks import Tasks
 
 log = structlog.get_logger()
 
@@ -90,7 +90,7 @@ class Control:
         self._leadership = leadership
         self._queue_name = f"{topo.control}.{replica}"
         self._channel: AbstractChannel | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()  # control messages being carried out
 
     async def start(self) -> None:
         self._channel = await self._connection.channel(publisher_confirms=False)
@@ -106,27 +106,20 @@ class Control:
         """Stop taking control messages; wait for the ones being carried out."""
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.stop(timeout=None)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         await message.ack()  # a command: if we die mid-way the caller times out and asks again
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
         # Every replica gets a copy with the same properties: the same op everywhere, so
         # two replicas that both act on it (two leaders for a moment) do one thing.
         op = message.correlation_id or message.message_id
-        try:
+        with self._tasks.running():
             if not reply_to_allowed(message.reply_to):
                 _log_refused_reply_to(message)
                 return
             answer = await self.handle(message.body, message.user_id, op)
             if answer is not None:
                 await self._reply(message, answer)
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
 
     async def handle(self, body: bytes, user_id: str | None,
                      op: str | None = None) -> dict[str, Any] | None:

@@ -165,10 +165,7 @@ class Operations:
         if consumer.paused:
             raise OperationError(f"client {client_id!r} is already paused")
         if await self._won(Paused(client_id=client_id, actor=actor, op=op or uuid.uuid4().hex)):
-            await self._rt.events.publish("client.paused", client_id=client_id,
-                                              message_id=None, type_=None, queue="blocking",
-                                              actor=actor)
-            log.info("client.paused", client_id=client_id, actor=actor)
+            await self._outcomes.paused(client_id, actor)
         return {"client_id": client_id, "state": "paused"}
 
     async def resume(self, client_id: str, *, actor: str, op: str | None = None,

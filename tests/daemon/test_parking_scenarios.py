@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from daemon.core.parking import Phase
 from daemon.core.records import Parked
@@ -109,6 +111,19 @@ def test_a_pause_lets_the_running_item_finish(machine: ParkingMachine):
     m.finish(0, ok=True)  # m2 was running when the pause came: it finishes
     check(m)
     assert m.world.acked == [0, 1, 2]
+
+
+def test_the_log_lines_of_a_delivery_carry_its_client_message_id_and_type(
+    machine: ParkingMachine,
+):
+    """Lines logged while a delivery is handled carry its fields, bound once (daemon/logs.py)."""
+    m = machine
+    m.pause_or_resume(pause=True, replica=0)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        m.finish(0, ok=True)  # m0 done; m1 arrives and is held, paused
+    [held] = [e for e in logs if e["event"] == "item.held"]
+    assert {k: held[k] for k in ("client_id", "message_id", "type", "reason")} == {
+        "client_id": "acme", "message_id": "m1", "type": "test.item", "reason": "paused"}
 
 
 def test_a_paused_item_is_started_once_by_two_resumes(machine: ParkingMachine):

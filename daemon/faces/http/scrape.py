@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from daemon.broker.depths import DepthCache, queue_depths
+from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.topology import Topology
 from daemon.core.metrics import ItemMetrics, Samples, merged_item_metrics
 from daemon.core.outbox import Outbox
@@ -33,6 +33,7 @@ log = structlog.get_logger()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SCRAPE_TIMEOUT = 10.0
+_DEPTHS_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ async def _gauges(src: Sources) -> Gauges:
             shared = await queue_depths(src.connection,
                                         [topo.unrouted, topo.nonblocking, *delays, *waiting])
             backlog = sum(shared.get(n) or 0 for n in waiting)
-    except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+    except _DEPTHS_ERRORS as exc:
         log.warning("metrics.broker_unavailable", error=repr(exc))
         return counted
     cache = src.depth_cache
