@@ -57,7 +57,7 @@ def parse_control(body: bytes, user_id: str | None) -> tuple[str, dict[str, Any]
     if not isinstance(action, str) or not action:
         raise OperationError("control message has no action")
     args: dict[str, Any] = {}
-    for key in ("client_id", "message_id", "reason"):
+    for key in ("client_id", "message_id", "reason", "group"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
             raise OperationError(f"{key} must be a string")

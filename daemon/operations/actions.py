@@ -28,19 +28,20 @@ class Request:
     client_ids: tuple[str, ...] = ()
     message_id: str | None = None
     reason: str | None = None
+    group: str | None = None  # a group of failed items or parks (daemon/operations/groups.py)
     op: str | None = None  # the check-and-set id: a control message's correlation id
     forward: bool = True  # ask the replica holding the park, if another one does
 
 
 Arg = Literal["client", "client?", "--client", "clients", "--message-id", "message_id",
-              "--reason"]
+              "--reason", "group"]
 """A CLI argument and the request field it fills: a client id (required, optional or an
 option), several client ids, a message id (an option or required), a reason."""
 
 FIELD: Mapping[Arg, str] = {
     "client": "client_id", "client?": "client_id", "--client": "client_id",
     "clients": "client_ids", "--message-id": "message_id", "message_id": "message_id",
-    "--reason": "reason",
+    "--reason": "reason", "group": "group",
 }
 
 
@@ -66,6 +67,21 @@ class Action:
 
 def _failed_name(name: str) -> str:
     return f"{name}_failed"
+
+
+def _groups(kind: Literal["failed", "parked"], words: str) -> tuple[Action, ...]:
+    """List a kind's groups, and retry or skip every item of one (SPEC section 9)."""
+    def on_group(how: str) -> Callable[[Operations, Request], Awaitable[dict[str, Any]]]:
+        return lambda ops, r: ops.on_group(kind, how, r.group, actor=r.actor,
+                                           client_id=r.client_id, reason=r.reason, op=r.op)
+    return (
+        Action(f"list_{kind}_groups", lambda ops, r: ops.group_listing(kind, r.client_id),
+               commands=(Command((kind, "groups"), ("--client",), f"list {words} by error"),)),
+        *(Action(f"{how}_{kind}_group", on_group(how), confirm=True,
+                 commands=(Command((kind, f"{how}-group"), ("group", "--client", "--reason"),
+                                   f"{how} every one of a group"),))
+          for how in ("retry", "skip")),
+    )
 
 
 TABLE: tuple[Action, ...] = (
@@ -107,10 +123,13 @@ TABLE: tuple[Action, ...] = (
     Action(_failed_name("skip"), lambda ops, r: ops.skip_failed(
         r.message_id, actor=r.actor, reason=r.reason, op=r.op), on="failed", confirm=True,
            commands=(Command(("failed", "skip"), ("message_id",), "archive one"),)),
+    *_groups("failed", "failed items"),
+    *_groups("parked", "parked clients"),
 )
 ACTIONS: Mapping[str, Action] = {action.name: action for action in TABLE}
 GROUPS = {"clients": "register or list clients", "unrouted": "items for unknown clients",
-          "failed": "failed non-blocking items"}  # the CLI's words that group commands
+          "failed": "failed non-blocking items",
+          "parked": "parked clients, grouped by error"}  # the CLI's words that group commands
 
 
 def action_on(target: Literal["client", "failed"], name: str) -> Action | None:

@@ -27,6 +27,7 @@ from daemon.core.parking import OperationError, UnknownClient
 from daemon.core.records import Failed, Paused, Resumed
 from daemon.core.runtime import Runtime
 from daemon.core.unrouted import browse_unrouted, unrouted_client
+from daemon.operations.groups import Group, Kind, Member, UnknownGroup, find, group, item_ids
 from daemon.operations.listing import ClientsQuery, page_after
 
 Register = Callable[[str, str, str | None], Awaitable[bool]]
@@ -42,7 +43,9 @@ UNROUTED_LIMIT = 100
 UNROUTED_MAX_LIMIT = 1000
 UNROUTED_SCAN_ITEMS = 10_000
 UNROUTED_SCAN_BYTES = 16 * 1024 * 1024
-__all__ = ["OperationError", "Operations", "UnknownClient", "UnknownItem"]
+GROUP_CONCURRENCY = 16  # items of a group retried or skipped at once
+__all__ = ["OperationError", "Operations", "UnknownClient", "UnknownGroup",
+           "UnknownItem"]
 
 
 class Operations:
@@ -297,6 +300,69 @@ class Operations:
                           **_: Any) -> dict[str, Any]:
         """Archive a failed item with who skipped it and why."""
         return await self._store.skip(message_id, actor=actor, reason=reason, op=op)
+
+    # -- groups of failed items and parks (SPEC section 9) -----------------------------
+
+    def groups(self, kind: Kind, client_id: str | None = None) -> list[Group]:
+        """Failed items, or parked clients' items, grouped by type and error pattern."""
+        if kind == "failed":
+            members = (Member(r.client_id, r.message_id, r.type or "", r.error, r.failed_at,
+                              item_ids(r.payload))
+                       for r in (e.record for e in self._rt.state.view.failed.values())
+                       if client_id is None or r.client_id == client_id)
+        else:
+            parked = self._rt.state.view.parked
+            members = (Member(c, p.message_id or "", p.type or "", p.error, p.since,
+                              item_ids(p.payload))
+                       for c, p in ((c, parked[c]) for c in self._candidates("parked",
+                                                                             client_id)))
+        return group(kind, members)
+
+    async def group_listing(self, kind: Kind, client_id: str | None = None) -> dict[str, Any]:
+        """The `list_*_groups` actions: every group, biggest first (no paging)."""
+        return {"groups": [g.describe() for g in self.groups(kind, client_id)]}
+
+    async def on_group(self, kind: Kind, how: str, key: str | None, *, actor: str,
+                       client_id: str | None = None, reason: str | None = None,
+                       op: str | None = None) -> dict[str, Any]:
+        """Retry or skip every item of a group (one client's, given `client_id`), up to
+        GROUP_CONCURRENCY at once: `{"count", "results"}` in the group's order, oldest first.
+
+        Each item is acted on as by itself: a park only if it is still that item
+        (by message id), a failed item once (check-and-set under `op:<message_id>`).
+        """
+        found = find(self.groups(kind, client_id), key or "")
+        if found is None:
+            raise UnknownGroup(f"no {kind} group {key!r}")
+        slots = asyncio.Semaphore(GROUP_CONCURRENCY)
+
+        async def one(m: Member) -> dict[str, Any]:
+            done: dict[str, Any] = {"client_id": m.client_id, "message_id": m.message_id}
+            async with slots:
+                try:
+                    result = await self._on_member(kind, how, m, actor, reason,
+                                                   op and f"{op}:{m.message_id}")
+                except OperationError as exc:
+                    return {**done, "ok": False, "error": str(exc)}
+            return {**done, "ok": True, **{k: v for k, v in result.items()
+                                           if k in ("outcome", "error")}}
+
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(one(m)) for m in found.members]
+        log.info("group.done", kind=kind, how=how, group=found.group, count=found.count,
+                 actor=actor)
+        return {"group": found.group, "count": found.count,
+                "results": [task.result() for task in running]}
+
+    async def _on_member(self, kind: Kind, how: str, m: Member, actor: str,
+                         reason: str | None, op: str | None) -> dict[str, Any]:
+        if kind == "parked":
+            act = self.retry if how == "retry" else self.skip
+            return await act(m.client_id, actor=actor, message_id=m.message_id or None,
+                             reason=reason)
+        if how == "retry":
+            return await self.retry_failed(m.message_id, actor=actor, op=op)
+        return await self.skip_failed(m.message_id, actor=actor, reason=reason, op=op)
 
     # -- unrouted --------------------------------------------------------------
 

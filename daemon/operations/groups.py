@@ -98,8 +98,8 @@ def error_pattern(error: str, message_id: str = "", client_id: str = "",
                   ids: tuple[str, ...] = ()) -> str:
     """The error with the item's ids, quoted words, other ids and numbers as placeholders."""
     text = error
-    literals = [(v, "<message_id>") for v in (message_id,) if v]
-    literals += [(v, "<id>") for v in ids] + [(v, "<client>") for v in (client_id,) if v]
+    literals = [(v, "<id>") for v in ids] + [(v, "<message_id>") for v in (message_id,) if v]
+    literals += [(v, "<client>") for v in (client_id,) if v]  # the first of equals wins
     for value, placeholder in sorted(literals, key=lambda vp: -len(vp[0])):
         text = re.sub(_LITERAL_EDGE.format(re.escape(value)), placeholder, text)
     text = _QUOTED.sub(_quoted, text)

@@ -25,7 +25,8 @@ def test_every_command_sends_the_action_that_declares_it():
         for command in action.commands:
             argv = [*command.words, *(["acme"] if "client" in command.args else []),
                     *(["m-1"] if "message_id" in command.args else []),
-                    *(["a", "b"] if "clients" in command.args else [])]
+                    *(["a", "b"] if "clients" in command.args else []),
+                    *(["0123456789abcdef"] if "group" in command.args else [])]
             assert control_request(build_parser().parse_args(argv))["action"] == action.name
 
 
@@ -44,6 +45,16 @@ def test_retry_and_skip_are_alike_for_parked_and_failed_items():
     for parked, failed in (("retry", "retry_failed"), ("skip", "skip_failed")):
         assert (ACTIONS[parked].confirm, ACTIONS[failed].confirm) == (True, True)
         assert (ACTIONS[parked].forwarded, ACTIONS[failed].forwarded) == (True, False)
+
+
+def test_a_group_command_sends_its_group_client_and_reason():
+    """`s2s-queue parked retry-group G --client acme --reason r` names all three."""
+    args = build_parser().parse_args(["parked", "retry-group", "g1", "--client", "acme",
+                                      "--reason", "fixed"])
+    assert control_request(args) == {"action": "retry_parked_group", "group": "g1",
+                                     "client_id": "acme", "reason": "fixed"}
+    assert [a.name for a in TABLE if a.name.endswith("_group") and a.confirm] == [
+        "retry_failed_group", "skip_failed_group", "retry_parked_group", "skip_parked_group"]
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,10 @@ from daemon.operations.admin import OperationError
             "reason must be a string",
             id="reason",
         ),
+        pytest.param(
+            b'{"action": "retry_failed_group", "group": 7}', "group must be a string",
+            id="group",
+        ),
     ],
 )
 def test_a_malformed_control_message_is_refused_with_a_reason(body, error):

@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from daemon.core.records import Record, Unfailed
 from daemon.core.state import StateLog
+from daemon.operations.groups import group_id
 from daemon.supervisor import Supervisor
 from tests.support import (
     Broker,
@@ -41,6 +42,10 @@ TOKENS = {"none": None, "wrong": "not-a-token", "own": "acme-console-token",
           "other": "globex-console-token", "admin": "admin-token"}
 ACTORS = {"own": "client:acme", "admin": "admin"}
 UNAUTHORIZED = {"ok": False, "error": "missing or wrong bearer token"}
+SHOP_422 = '{"message":"sku rejected by the shop"}'
+ORDERS_422 = f"POST /<client>/orders → HTTP 422: {SHOP_422}"
+PARKED_422 = group_id("parked", "product.sync", f"PUT /<client>/products/<id> → HTTP 422: "
+                      f"{SHOP_422}")
 
 
 def _parked(message_id: str) -> Callable[[Broker], bool]:
@@ -75,9 +80,17 @@ MATRIX = [
     Row("GET", "/api/v1/failed",                             (401, 401, 200, 200, 200)),
     Row("GET", "/api/v1/failed?client_id=acme",              (401, 401, 200, 404, 200)),
     Row("GET", "/api/v1/unrouted",                           (401, 401, 200, 200, 200)),
+    Row("GET", "/api/v1/failed/groups",                      (401, 401, 200, 200, 200)),
+    Row("GET", "/api/v1/failed/groups?client_id=acme",       (401, 401, 200, 404, 200)),
+    Row("GET", "/api/v1/failed/groups?limit=0",              (401, 401, 400, 400, 400)),
+    Row("GET", "/api/v1/parked/groups",                      (401, 401, 200, 200, 200)),
+    Row("POST", "/api/v1/failed/groups/0123456789abcdef/retry", (401, 401, 404, 404, 404)),
     Row("POST", "/api/v1/clients",                           (401, 401, 404, 404, 201),
         {"client_id": "initech"}),
     Row("POST", "/api/v1/clients/acme/retry",                (401, 401, 200, 404, 200)),
+    Row("POST", f"/api/v1/parked/groups/{PARKED_422}/retry", (401, 401, 200, 404, 200),
+        {"reason": "once more"}, ready=_parked("P")),
+    Row("POST", f"/api/v1/parked/groups/{PARKED_422}/explode", (401, 401, 404, 404, 404)),
     Row("POST", "/api/v1/clients/acme/skip",                 (401, 401, 200, 404, 200),
         {"message_id": "P", "reason": "bad data"}, ready=_parked("P")),
     Row("POST", "/api/v1/clients/acme/pause",                (401, 401, 200, 404, 200)),
@@ -218,6 +231,12 @@ async def test_refused_callers_get_401_or_404_and_change_nothing(
         assert [i["message_id"] for i in run.body("GET", "/api/v1/failed")["items"]] == ["SO-G"]
         assert run.body("GET", "/api/v1/unrouted") == {"items": [], "more": False,
                                                        "total": None}
+        assert [(g["error_pattern"], g["count"], g["client_ids"])
+                for g in run.body("GET", "/api/v1/failed/groups")["groups"]] == [
+            (ORDERS_422, 1, ["globex"])]
+        assert run.body("GET", "/api/v1/parked/groups") == {"groups": [], "next": None}
+        assert run.body("POST", f"/api/v1/parked/groups/{PARKED_422}/retry") == {
+            "ok": False, "error": f"no parked group {PARKED_422!r}"}
 
 
 @pytest.mark.parametrize("caller", ["own", "admin"])
@@ -259,6 +278,13 @@ async def test_allowed_callers_act_and_are_recorded_as_the_actor(
     assert [(r.message_id, r.how, r.actor) for r in records
             if isinstance(r, Unfailed) and r.client_id == "acme"] == [
         ("SO-A1", "retry", actor), ("SO-A2", "skip", actor)]
+    assert run.body("POST", f"/api/v1/parked/groups/{PARKED_422}/retry") == {
+        "ok": True, "group": PARKED_422, "count": 1, "results": [
+            {"client_id": "acme", "message_id": "P", "ok": True, "outcome": "failed",
+             "error": f"PUT /acme/products/P → HTTP 422: {SHOP_422}"}]}
+    assert [(g["error_pattern"], g["count"], g["client_ids"]) for g in run.body(
+        "GET", "/api/v1/failed/groups?client_id=acme")["groups"]] == [
+        (ORDERS_422, 2, ["acme"])]
     assert run.body("POST", "/api/v1/clients/acme/explode") == {
         "ok": False, "error": "Not Found: POST /api/v1/clients/acme/explode"}
     assert run.body("DELETE", "/api/v1/clients/acme") == {
@@ -275,11 +301,15 @@ async def test_allowed_callers_act_and_are_recorded_as_the_actor(
         assert [i["message_id"] for i in run.body("GET", "/api/v1/unrouted")["items"]] == [
             "U1", "U2"]
         assert shop.skus("globex") == ["SO-G"]
+        failed_groups = [(ORDERS_422, 2, ["acme"])]
     else:
         assert consumers == ["acme", "globex", "initech"]
         assert [e["actor"] for e in amqp.named("client.registered", "initech")] == ["admin"]
         assert [i["message_id"] for i in run.body("GET", "/api/v1/unrouted")["items"]] == [
             "U1", "U2", "I1"]
+        failed_groups = [(ORDERS_422, 3, ["acme", "globex"])]
+    assert [(g["error_pattern"], g["count"], g["client_ids"])
+            for g in run.body("GET", "/api/v1/failed/groups")["groups"]] == failed_groups
 
 
 async def test_with_no_admin_token_configured_client_tokens_are_refused_too(

@@ -25,6 +25,8 @@ from daemon.operations.admin import (
     UnknownClient,
     UnknownItem,
 )
+from daemon.operations.groups import Kind, groups_query
+from daemon.operations.groups import page as groups_page
 from daemon.operations.listing import BadQuery, clients_query
 
 log = structlog.get_logger()
@@ -237,6 +239,39 @@ async def replay_unrouted(request: web.Request) -> web.Response:
     return json_response({"ok": True, **result})
 
 
+# -- groups of failed items and parks (SPEC section 9; daemon/operations/groups.py) -----
+
+
+def _only(identity: Identity, client_id: str | None) -> str | None:
+    """Whose items a group covers: the asked client's (404 if not visible), a client's own."""
+    if client_id is not None and not identity.may_see(client_id):
+        raise UnknownClient(f"client {client_id!r} is not registered")
+    return client_id if identity.is_admin else identity.client_id
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    """GET /{failed|parked}/groups: a page of groups, biggest first, `?client_id=&limit=&after=`."""
+    try:
+        query = groups_query(request.query)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    kind: Kind = "failed" if request.match_info["kind"] == "failed" else "parked"
+    only = _only(_identity(request), query.client_id)
+    return json_response(groups_page(face_of(request).ops.groups(kind, only), query))
+
+
+async def group_action(request: web.Request) -> web.Response:
+    """POST /{failed|parked}/groups/{group}/{retry|skip} `{"reason"}`: every item of the
+    group the caller may see, each as by itself; `{"ok", "group", "count", "results"}`."""
+    identity = _identity(request)
+    data = await _body(request)
+    info = request.match_info
+    result = await perform(face_of(request).ops, f"{info['how']}_{info['kind']}_group", Request(
+        actor=identity.name, client_id=_only(identity, None), group=info["group"],
+        reason=_text(data, "reason")))
+    return json_response({"ok": True, **result})
+
+
 def build_app(face: Face) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=2 * 1024 * 1024)
     app[FACE] = face
@@ -252,5 +287,8 @@ def build_app(face: Face) -> web.Application:
     app.router.add_post("/api/v1/actions/{action}", any_action)
     app.router.add_get("/api/v1/unrouted", list_unrouted)
     app.router.add_post("/api/v1/unrouted/{client_id}/replay", replay_unrouted)
+    app.router.add_get("/api/v1/{kind:failed|parked}/groups", list_groups)
+    app.router.add_post("/api/v1/{kind:failed|parked}/groups/{group}/{how:retry|skip}",
+                        group_action)
     add_routes(app)
     return app
