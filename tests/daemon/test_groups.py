@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from daemon.faces.http.outcomes import group_action
 from daemon.operations.groups import (
     Member,
     error_pattern,
@@ -104,3 +105,19 @@ def test_a_bad_query_says_which_parameter_and_what_it_may_be(query, error):
     with pytest.raises(BadQuery) as info:
         groups_query(query)
     assert str(info.value) == error
+
+
+def test_the_console_says_what_a_group_action_did_and_what_it_did_not():
+    """Succeeded items, items that failed again and refused ones, each named with its client."""
+    result = {"results": [
+        {"client_id": "acme", "message_id": "X1", "ok": True, "outcome": "succeeded"},
+        {"client_id": "globex", "message_id": "X2", "ok": True, "outcome": "failed",
+         "error": "HTTP 422"},
+        {"client_id": "initech", "message_id": "X3", "ok": False,
+         "error": "client 'initech' is not parked"}]}
+    assert group_action("parked", "retry", result) == (False, (
+        "Retried, succeeded and running again: X1 of acme (1 item). "
+        "Failed again, still parked: X2 of globex (1 item). "
+        "Not done: X3: client 'initech' is not parked."))
+    assert group_action("failed", "skip", {"results": result["results"][:1]}) == (
+        True, "Skipped (kept in the archive): X1 of acme (1 item).")

@@ -40,6 +40,8 @@ from daemon.faces.http.sessions import (
 )
 from daemon.operations.actions import Request, action_on, perform
 from daemon.operations.admin import OperationError, UnknownClient, UnknownItem
+from daemon.operations.groups import GroupsQuery, Kind, find, groups_query
+from daemon.operations.groups import page as groups_page_of
 from daemon.operations.listing import CLIENTS_LIMIT, BadQuery, clients_query
 
 log = structlog.get_logger()
@@ -379,6 +381,68 @@ async def unrouted_replay(request: web.Request, session: Session) -> web.StreamR
                  "order.")
 
 
+# -- groups of failed items and parks (daemon/operations/groups.py) ------------------
+
+
+async def groups_home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/groups/failed")
+
+
+@page
+async def groups_page(request: web.Request, session: Session) -> web.StreamResponse:
+    """Failed items or parks grouped by error, biggest first, with the API's query."""
+    kind: Kind = "failed" if request.match_info["kind"] == "failed" else "parked"
+    try:
+        query = groups_query(request.query)
+    except BadQuery as exc:
+        return render(request, "error.html.j2", 400, session=session, title="Bad address",
+                      message=f"{exc}.", csrf=_csrf(request, session))
+    identity = session.identity
+    if query.client_id is not None:
+        _visible(identity, query.client_id)
+    only = query.client_id if identity.is_admin else identity.client_id
+    listing = groups_page_of(face_of(request).ops.groups(kind, only), query)
+    return _view(request, session, "groups.html.j2", kind=kind, groups=listing["groups"],
+                 client_id=query.client_id or "", query=request.query_string,
+                 first=_groups_link(kind, query) if query.after else None,
+                 next=_groups_link(kind, query, listing["next"]) if listing["next"] else None)
+
+
+def _groups_link(kind: str, query: GroupsQuery, after: str | None = None) -> str:
+    """/groups/{kind} with the query's client and limit, after `after`."""
+    values = {"client_id": query.client_id,
+              "limit": None if query.limit == CLIENTS_LIMIT else str(query.limit), "after": after}
+    encoded = urlencode({k: v for k, v in values.items() if v})
+    return f"/groups/{kind}" + (f"?{encoded}" if encoded else "")
+
+
+@page
+async def group_action(request: web.Request, session: Session) -> web.StreamResponse:
+    """Retry or skip a whole group, after a confirmation page; back with the outcome."""
+    info = request.match_info
+    kind, how, key = info["kind"], info["how"], info["group"]
+    form = await request.post()
+    query = str(form.get("query") or "")
+    back = f"/groups/{kind}" + (f"?{query}" if query else "")
+    reason = str(form.get("reason") or "").strip() or None
+    identity = session.identity
+    if form.get("confirm") != "yes":
+        found = find(face_of(request).ops.groups(
+            "failed" if kind == "failed" else "parked", identity.client_id), key)
+        if found is None:
+            return _done(request, back, False, f"That group has no {kind} items any more.")
+        return _view(request, session, "group_confirm.html.j2", kind=kind, how=how,
+                     group=found.describe(), back=back, query=query, reason=reason or "",
+                     target=f"/groups/{kind}/{segment(key)}/{how}")
+    try:
+        result = await perform(face_of(request).ops, f"{how}_{kind}_group", Request(
+            actor=identity.name, client_id=identity.client_id, group=key, reason=reason))
+    except OperationError as exc:
+        return _done(request, back, False, str(exc))
+    ok, message = outcomes.group_action(kind, how, result)
+    return _done(request, back, ok, message)
+
+
 def add_routes(app: web.Application) -> None:
     token = app[FACE].settings.admin_token
     if token is not None:
@@ -394,3 +458,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/failed/action", failed_action)
     app.router.add_get("/unrouted", unrouted_page)
     app.router.add_post("/unrouted/{client_id}/replay", unrouted_replay)
+    app.router.add_get("/groups", groups_home)
+    app.router.add_get("/groups/{kind:failed|parked}", groups_page)
+    app.router.add_post("/groups/{kind:failed|parked}/{group}/{how:retry|skip}", group_action)

@@ -33,3 +33,28 @@ def failed_action(action: str, done: list[str], errors: list[str]) -> str:
         parts.append("Not done: " + "; ".join(errors[:5]) + ("; …" if len(errors) > 5 else "")
                      + ".")
     return " ".join(parts)
+
+
+def group_action(kind: str, how: str, result: dict[str, Any]) -> tuple[bool, str]:
+    """(ok, message) after retrying or skipping a group: what was done, what was not."""
+    results = result["results"]
+    again = [r for r in results if r["ok"] and r.get("outcome") == "failed"]
+    refused = [r for r in results if not r["ok"]]
+    done = [r for r in results if r["ok"] and r.get("outcome") != "failed"]
+    verb = {("failed", "retry"): "Sent back to run",
+            ("parked", "retry"): "Retried, succeeded and running again",
+            }.get((kind, how), "Skipped (kept in the archive)")
+    parts = [f"{verb}: {_items(done)}."] if done else []
+    if again:
+        parts.append(f"Failed again, still parked: {_items(again)}.")
+    if refused:
+        parts.append("Not done: " + "; ".join(f"{r['message_id']}: {r['error']}"
+                                             for r in refused[:5])
+                     + ("; …" if len(refused) > 5 else "") + ".")
+    return not (again or refused), " ".join(parts)
+
+
+def _items(results: list[dict[str, Any]]) -> str:
+    shown = ", ".join(f"{r['message_id']} of {r['client_id']}" for r in results[:10])
+    n = len(results)
+    return f"{shown}{' …' if n > 10 else ''} ({n} item{'s' if n != 1 else ''})"
