@@ -36,6 +36,7 @@ SHOP_422 = 'PUT /products/{sku} → HTTP 422: {{"message":"sku rejected by the s
          " after 60 s", (), "GET http://<n>/i/<id> failed: timed out after <n> s"),
         ("SMTP 550: no mailbox   here\n(m-9)", (), "SMTP 550: no mailbox here (<message_id>)"),
         ("system.noop asked to fail (permanent)", (), "system.noop asked to fail (permanent)"),
+        ("acme-corp, acme_2 and acme (not xacme)", (), "acme-corp, <id> and <client> (not xacme)"),
     ],
 )
 def test_an_error_pattern_replaces_ids_numbers_and_quoted_words(error, ids, pattern):
