@@ -331,7 +331,9 @@ class Operations:
         Each item is acted on as by itself: a park only if it is still that item
         (by message id), a failed item once (check-and-set under `op:<message_id>`).
         """
-        found = find(self.groups(kind, client_id), key or "")
+        if not key:
+            raise OperationError("a group is required")
+        found = find(self.groups(kind, client_id), key)
         if found is None:
             raise UnknownGroup(f"no {kind} group {key!r}")
         slots = asyncio.Semaphore(GROUP_CONCURRENCY)

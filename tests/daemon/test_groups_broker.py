@@ -110,6 +110,7 @@ async def test_parked_clients_group_by_reason_and_a_group_retry_resumes_them_all
         await wait_until(lambda: len(sup.state.view.parked) == 3, 15, "three parked clients")
         status, listed = await _call(base, "GET", "/api/v1/parked/groups")
         over_control = await amqp.control(action="list_parked_groups")
+        no_group = await _call(base, "POST", "/api/v1/actions/retry_parked_group", {})
         g422, g409 = (g["group"] for g in listed["groups"])
         retried = await amqp.control(action="retry_parked_group", group=g422,
                                      reason="the shop fixed it")
@@ -125,6 +126,7 @@ async def test_parked_clients_group_by_reason_and_a_group_retry_resumes_them_all
          ["acme", "globex"]),
         ("product.sync", f"PUT /<client>/products/<id> → HTTP 409: {SHOP}", 1, 1, ["initech"])]
     assert over_control == {"ok": True, "groups": listed["groups"]}
+    assert no_group == (409, {"ok": False, "error": "a group is required"})
     assert retried["ok"] is True
     assert sorted((r["client_id"], r["message_id"], r["ok"], r["outcome"])
                   for r in retried["results"]) == [

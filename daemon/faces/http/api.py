@@ -199,7 +199,7 @@ async def failed_action(request: web.Request) -> web.Response:
 
 async def any_action(request: web.Request) -> web.Response:
     """POST /actions/{action}: any action of the table, by name, for an admin; the body
-    holds its arguments (`client_id`, `client_ids`, `message_id`, `reason`)."""
+    holds its arguments (`client_id`, `client_ids`, `message_id`, `reason`, `group`)."""
     identity = _identity(request)
     if not identity.is_admin:
         raise UnknownClient("only an admin may use /api/v1/actions")
@@ -209,7 +209,8 @@ async def any_action(request: web.Request) -> web.Response:
         raise OperationError("client_ids must be a list of strings")
     result = await perform(face_of(request).ops, request.match_info["action"], Request(
         actor=identity.name, client_id=_text(data, "client_id"), client_ids=tuple(client_ids),
-        message_id=_text(data, "message_id"), reason=_text(data, "reason")))
+        message_id=_text(data, "message_id"), reason=_text(data, "reason"),
+        group=_text(data, "group")))
     return json_response({"ok": True, **result})
 
 
