@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     # size. Fixed when the stream is created: change an existing one with a policy.
     state_retention: float = Field(7 * 86_400, ge=1)
     state_segment_bytes: int = Field(8_000_000, ge=4096)
+    # The events log (`<prefix>.events.log`, a stream of every event: what the
+    # SSE route reads and resumes from): kept this long (seconds) and at most
+    # this many bytes, whichever is reached first. Fixed when the stream is
+    # created: change an existing one with a policy.
+    events_log_retention: float = Field(3_600, ge=1)
+    events_log_max_bytes: int = Field(100_000_000, ge=4096)
+    # GET /api/v1/events/stream: a comment line every this many seconds on an idle
+    # stream (proxies keep it open; a browser that went is noticed), and at most
+    # this many streams open at once (each is a consumer on its own channel).
+    events_keepalive: float = Field(15.0, gt=0)
+    events_max_streams: int = Field(100, ge=1)
     # Whether `item.succeeded` events are published (the other events always are).
     # Off by default: on the blocking hot path one event per item halves
     # throughput (bench/RESULTS.md); park, failure and admin events always go out.
@@ -165,7 +176,9 @@ class Settings(BaseSettings):
         """The broker names and arguments these settings give."""
         return Topology(self.prefix, self.queue_type, self.delivery_limit,
                         self.state_retention, self.state_segment_bytes,
-                        self.quorum_initial_group_size)
+                        self.quorum_initial_group_size,
+                        events_log_retention_s=self.events_log_retention,
+                        events_log_max_bytes=self.events_log_max_bytes)
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:

@@ -31,10 +31,12 @@ from daemon.broker.leader import Leadership
 from daemon.broker.replicas import Replicas
 from daemon.broker.topology import (
     declare_delay_queues,
+    declare_events_log,
     declare_notify_queues,
     declare_topology,
 )
 from daemon.core.blocking import BlockingConsumer
+from daemon.core.event_log import EventLog
 from daemon.core.events import Events
 from daemon.core.failed import FailedStore
 from daemon.core.metrics import ItemMetrics, Samples
@@ -229,6 +231,7 @@ class Supervisor:
         await declare_notify_queues(setup, self.topo, self.settings.notify_delays,
                                     self.settings.notify_digest_window)
         await setup.close()
+        await declare_events_log(connection, self.topo)
         state = StateLog(connection, self.topo, self.replica,
                          snapshot_every=self.settings.state_snapshot_every,
                          should_snapshot=self._is_leader)
@@ -272,7 +275,7 @@ class Supervisor:
                           self.consumers, self.depth_cache, self._outbox(), self.rt.metrics,
                           self.worker_samples, lambda: self.connected)
         face = Face(self.ops, self, self.settings, lambda: self.clients,
-                    functools.partial(render, sources))
+                    functools.partial(render, sources), EventLog(self.connection, self.topo))
         async with serve(face):
             yield
 

@@ -51,7 +51,7 @@ class StreamTail:
 
     def __init__(self, connection: AbstractRobustConnection, queue: str,
                  on_delivery: aiormq.abc.ConsumerCallback, start: Start, *,
-                 prefetch: int) -> None:
+                 prefetch: int, name: str = "state") -> None:
         self._connection = connection
         self._queue = queue
         self._on_delivery = on_delivery
@@ -61,6 +61,9 @@ class StreamTail:
         self._lost: asyncio.Future[str] | None = None  # resolves with why the consumer went
         self._task: asyncio.Task[None] | None = None
         self.opened = 0  # consumers made (the first included)
+        # Its log lines: `state.tail_consuming`, `events.tail_lost`, ... (`name` the reader's).
+        self._said = {what: f"{name}.tail_{what}" for what in ("consuming", "lost",
+                                                                "not_resumed")}
 
     async def open(self) -> None:
         """Consume now (errors raise: the caller retries start-up), then keep consuming."""
@@ -103,7 +106,7 @@ class StreamTail:
         await channel.basic_consume(self._queue, self._on_delivery,
                                     arguments={"x-stream-offset": start})
         self.opened += 1
-        log.info("state.tail_consuming", start=start, channel=channel.number,
+        log.info(self._said["consuming"], start=start, channel=channel.number,
                  consumers=self.opened)
 
     async def _keep(self) -> None:
@@ -112,13 +115,13 @@ class StreamTail:
         while True:
             if self._lost is not None:
                 why = await self._lost
-                log.warning("state.tail_lost", why=why, next_start=self._start())
+                log.warning(self._said["lost"], why=why, next_start=self._start())
             await self._drop()
             try:
                 await self._connection.ready()
                 await self._consume()
             except Exception as exc:  # refused, or the connection went again
-                log.warning("state.tail_not_resumed", attempt=attempt, error=repr(exc))
+                log.warning(self._said["not_resumed"], attempt=attempt, error=repr(exc))
                 await self._drop()
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
                 attempt += 1

@@ -16,6 +16,7 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.nonblocking.delay.<N>ms`| one per retry delay: TTL N ms, dead-letters to the above |
 | `<p>.control`                | fanout exchange for control messages                    |
 | `<p>.events`                 | topic exchange for lifecycle events                     |
+| `<p>.events.log`             | stream bound `#` to it: the events, replayable (SSE ids) |
 | `<p>.state`                  | stream: the state log (docs/parking.md)                 |
 | `<p>.state.snapshot`         | queue of one: where the latest snapshot starts          |
 | `<p>.archive`                | queue: skipped items, with who skipped them and why     |
@@ -37,7 +38,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractQueue
+import aiormq.exceptions
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+
+log = structlog.get_logger()
 
 QueueType = Literal["quorum", "classic"]
 
@@ -52,6 +57,8 @@ class Topology:
     state_retention_s: float = 7 * 86_400
     state_segment_bytes: int = 8_000_000
     quorum_initial_group_size: int | None = None
+    events_log_retention_s: float = 3_600
+    events_log_max_bytes: int = 100_000_000
 
     def queue_type_arguments(self) -> dict[str, Any]:
         """`x-queue-type`, and on quorum queues the replica count when one is set.
@@ -84,6 +91,23 @@ class Topology:
     @property
     def events(self) -> str:
         return f"{self.prefix}.events"
+
+    @property
+    def events_log(self) -> str:
+        return f"{self.prefix}.events.log"
+
+    def events_log_arguments(self) -> dict[str, Any]:
+        """A stream of every event, kept by age and by size, whichever comes first.
+
+        The broker drops a stream's data a whole segment at a time, and only
+        segments that are full: with its default segment of 500 MB a 100 MB
+        limit would keep everything up to 500 MB. Segments are a tenth of the
+        limit (1 MB to 50 MB, never more than the limit), so the log stays
+        within about one segment over it.
+        """
+        return {"x-queue-type": "stream", "x-max-age": max_age(self.events_log_retention_s),
+                "x-max-length-bytes": self.events_log_max_bytes,
+                "x-stream-max-segment-size-bytes": events_log_segment(self.events_log_max_bytes)}
 
     @property
     def state(self) -> str:
@@ -231,6 +255,11 @@ def max_age(seconds: float) -> str:
     return f"{whole}s"
 
 
+def events_log_segment(max_bytes: int) -> int:
+    """The segment size of the events log: a tenth of its size limit, 1 MB to 50 MB (pure)."""
+    return min(max_bytes, max(1_000_000, min(50_000_000, max_bytes // 10)))
+
+
 async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     """Declare every shared exchange and queue (not the client queues, not the state log).
 
@@ -265,6 +294,28 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     await channel.declare_queue(
         topo.archive, durable=True, arguments=topo.shared_queue_arguments()
     )
+
+
+async def declare_events_log(connection: AbstractConnection, topo: Topology) -> None:
+    """Declare the events log and bind it to the events exchange (after `declare_topology`).
+
+    Like the state log, a stream declared before with other retention arguments
+    is kept (a policy changes them; a declaration with other ones fails its
+    channel with PRECONDITION_FAILED, so it is tried on a channel of its own).
+    """
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_queue(topo.events_log, durable=True,
+                                    arguments=topo.events_log_arguments())
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        log.warning("events.log_arguments_differ", stream=topo.events_log,
+                    wanted=topo.events_log_arguments(), error=str(exc))
+        channel = await connection.channel(publisher_confirms=False)
+    try:
+        queue = await channel.get_queue(topo.events_log, ensure=False)
+        await queue.bind(topo.events, routing_key="#")
+    finally:
+        await channel.close()
 
 
 async def declare_delay_queues(

@@ -1,14 +1,23 @@
-"""The topology as the broker sees it: idempotent declares and the quorum delivery limit."""
+"""The topology as the broker sees it: idempotent declares, the quorum delivery limit, the
+events log."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import aio_pika
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.broker.producer import item_message
-from daemon.broker.topology import Topology, declare_client_queue, declare_topology
+from daemon.broker.topology import (
+    Topology,
+    declare_client_queue,
+    declare_events_log,
+    declare_topology,
+)
+from daemon.core.event_log import EventLog
 from tests.support import Broker
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,3 +70,21 @@ async def _deliver_and_drop(amqp: Broker, queue_name: str) -> str | None:
         q = await channel.get_queue(queue_name, ensure=False)
         await q.consume(on_message)
         return await asyncio.wait_for(got, 5)
+
+
+async def test_an_events_log_made_with_other_limits_is_kept_and_still_bound(amqp: Broker):
+    """A daemon whose events-log settings changed starts anyway (a warning; a policy changes
+    a stream's limits) and the log still gets every event."""
+    older = dataclasses.replace(amqp.topo, events_log_retention_s=60)
+    await declare_events_log(amqp.connection, older)
+    with capture_logs() as logs:
+        await declare_events_log(amqp.connection, amqp.topo)
+    assert [line["event"] for line in logs] == ["events.log_arguments_differ"]
+    async with amqp.connection.channel(publisher_confirms=True) as channel:
+        events = await channel.get_exchange(amqp.topo.events, ensure=False)
+        await events.publish(aio_pika.Message(b'{"event": "client.paused"}'),
+                             routing_key="client.paused.acme")
+    async with EventLog(amqp.connection, amqp.topo).follow(after=-1) as follower:
+        event = await follower.next(timeout=10)
+    assert event is not None
+    assert (event.offset, event.event) == (0, "client.paused")

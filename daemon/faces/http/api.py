@@ -13,8 +13,9 @@ import orjson
 import structlog
 from aiohttp import web
 
-from daemon.faces.http.auth import Identity, authenticate, bearer_token
-from daemon.faces.http.console import add_routes
+from daemon.faces.http import sse
+from daemon.faces.http.auth import IDENTITY, Identity, authenticate, bearer_token
+from daemon.faces.http.console import add_routes, session_of
 from daemon.faces.http.face import FACE, Face, face_of
 from daemon.faces.http.scrape import CONTENT_TYPE
 from daemon.operations.actions import Request, action_on, perform
@@ -31,7 +32,6 @@ from daemon.operations.listing import BadQuery, clients_query
 
 log = structlog.get_logger()
 
-IDENTITY = web.RequestKey("identity", Identity)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -50,6 +50,9 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         face = face_of(request)
         token = bearer_token(request.headers.get("Authorization"))
         identity = authenticate(token, face.settings.admin_token, face.clients())
+        if identity is None and token is None and sse.takes_session(request):
+            session = session_of(request)  # the console's EventSource sends no header
+            identity = session.identity if session else None
         if identity is None:
             return error(401, "missing or wrong bearer token")
         request[IDENTITY] = identity
@@ -292,4 +295,5 @@ def build_app(face: Face) -> web.Application:
     app.router.add_post("/api/v1/{kind:failed|parked}/groups/{group}/{how:retry|skip}",
                         group_action)
     add_routes(app)
+    sse.add_routes(app)
     return app

@@ -13,6 +13,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from aiohttp import web
 from pydantic import SecretStr
 
 from common.clients import ClientConfig
@@ -31,6 +32,10 @@ class Identity:
 
     def may_see(self, client_id: str | None) -> bool:
         return self.is_admin or (client_id is not None and client_id == self.client_id)
+
+
+IDENTITY = web.RequestKey("identity", Identity)
+"""Who sent the request: set by api.py's middleware on every /api/ request it lets in."""
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -7,13 +7,15 @@ carries a CSRF token. Actions that change items (retry, skip, bulk) ask for
 a confirmation page first; every action ends on the page it came from with
 its outcome in plain words (post/redirect/get with a signed flash cookie).
 A client sees the same pages limited to itself: anything else is "not found".
-No JavaScript.
+No JavaScript needed: one small script (`/static/live.js`) refreshes the
+clients, client and failed pages in place when an event concerns them.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -81,6 +83,7 @@ def render(request: web.Request, template: str, status: int = 200, **values: Any
     response = web.Response(text=html, status=status, content_type="text/html")
     response.headers.update({"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                              "Content-Security-Policy": "default-src 'self'; "
+                             "script-src 'self'; connect-src 'self'; "
                              "style-src 'unsafe-inline'; form-action 'self'",
                              "Referrer-Policy": "same-origin"})
     return response
@@ -443,6 +446,17 @@ async def group_action(request: web.Request, session: Session) -> web.StreamResp
     return _done(request, back, ok, message)
 
 
+# -- live updates: the one script, served from the package -------------------------
+
+LIVE_JS = (resources.files("daemon") / "static" / "live.js").read_bytes()
+
+
+async def live_js(request: web.Request) -> web.Response:
+    """daemon/static/live.js: refreshes a page's <main> on the events that concern it."""
+    return web.Response(body=LIVE_JS, content_type="text/javascript", charset="utf-8",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
 def add_routes(app: web.Application) -> None:
     token = app[FACE].settings.admin_token
     if token is not None:
@@ -461,3 +475,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/groups", groups_home)
     app.router.add_get("/groups/{kind:failed|parked}", groups_page)
     app.router.add_post("/groups/{kind:failed|parked}/{group}/{how:retry|skip}", group_action)
+    app.router.add_get("/static/live.js", live_js)

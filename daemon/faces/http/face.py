@@ -10,6 +10,7 @@ from typing import Protocol
 from aiohttp import web
 
 from common.clients import ClientConfig
+from daemon.core.event_log import EventLog
 from daemon.operations.admin import Operations
 from daemon.settings import Settings
 
@@ -31,6 +32,7 @@ class Face:
     settings: Settings
     clients: Callable[[], Mapping[str, ClientConfig]]  # as reloaded on SIGHUP
     scrape: Callable[[], Awaitable[bytes]]  # the Prometheus text of one scrape
+    events: EventLog  # the events log, for GET /api/v1/events/stream
 
 
 FACE = web.AppKey("face", Face)

@@ -1,0 +1,170 @@
+"""The console's live updates in headless Chromium: pages change in place when events say so."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.support import Broker, FakeShop, clients_toml, free_port, running, settings_for
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                       reason="Debian's chromium is not installed (make test installs it)"),
+]
+ADMIN_TOKEN = "admin-token"
+ACME_TOKEN = "acme-console-token"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+def console_settings(prefix, tmp_path, shop: FakeShop):
+    digest = hashlib.sha256(ACME_TOKEN.encode()).hexdigest()
+    path = tmp_path / "clients.toml"
+    path.write_text(clients_toml(shop.url, ["acme", "globex"],
+                                 acme=f'console_token_sha256 = "{digest}"'))
+    return settings_for(prefix, tmp_path, clients_file=path, http_port=free_port(),
+                        admin_token=ADMIN_TOKEN)
+
+
+def _base(settings: Any) -> str:
+    return f"http://127.0.0.1:{settings.http_port}"
+
+
+async def _login(browser: Browser, base: str, token: str, *,
+                 javascript: bool = True) -> tuple[Page, list[str]]:
+    """A logged-in page, and its script errors and failed requests (filled as they come;
+    Chromium's own /favicon.ico, which the daemon has not, aside)."""
+    context = await browser.new_context(java_script_enabled=javascript)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    await page.goto(base + "/login")
+    await page.get_by_label("Your access token").fill(token)
+    await page.get_by_role("button", name="Log in").click()
+    return page, errors
+
+
+async def _live(page: Page) -> None:
+    """Wait until the page's event stream is open, then mark the document: a reload loses
+    the mark, so a page that still has it was changed in place."""
+    await expect(page.locator("html[data-live=on]")).to_have_count(1)
+    await page.evaluate("window.notReloaded = true")
+
+
+async def _not_reloaded(page: Page) -> bool:
+    return bool(await page.evaluate("window.notReloaded === true"))
+
+
+async def _park_acme(amqp: Broker, shop: FakeShop) -> None:
+    """acme parks on X (HTTP 422 forever); Y waits behind it."""
+    shop.always["X"] = 422
+    for sku in ("X", "Y"):
+        await amqp.publish("acme", sku)
+    await amqp.wait_event("client.parked", "acme")
+
+
+async def test_a_parked_clients_page_shows_it_running_once_skipped_elsewhere(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """acme's own page, open in acme's console, loses its parked box and says running when
+    an admin skips the item by control message (the CLI's way); no reload, no error."""
+    async with running(console_settings):
+        await _park_acme(amqp, shop)
+        page, errors = await _login(browser, _base(console_settings), ACME_TOKEN)
+        await expect(page.get_by_role("heading", name="Parked item")).to_be_visible()
+        await expect(page.locator("h1 .state")).to_have_text("parked")
+        await _live(page)
+        answer = await amqp.control(action="skip", client_id="acme", message_id="X",
+                                    reason="bad data")
+        assert answer["ok"], answer
+        await expect(page.get_by_role("heading", name="Parked item")).to_have_count(0)
+        await expect(page.locator("h1 .state")).to_have_text("running")
+        assert await _not_reloaded(page)
+        assert errors == []
+
+
+async def test_the_clients_page_follows_a_retry_and_keeps_the_last_actions_outcome(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """The admin pauses globex in the console, then acme is retried by control message:
+    acme's row turns from parked to running in place, and the pause's outcome stays."""
+    async with running(console_settings):
+        await _park_acme(amqp, shop)
+        base = _base(console_settings)
+        page, errors = await _login(browser, base, ADMIN_TOKEN)
+        await page.goto(base + "/clients/globex")
+        await page.get_by_role("button", name="Pause").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "globex is paused: it stops after its current item.")
+        await page.goto(base + "/clients")
+        row = page.get_by_role("row").filter(has_text="acme Ltd")
+        await expect(row).to_contain_text("parked")
+        await expect(row).to_contain_text("HTTP 422")
+        await page.evaluate("document.querySelector('main').insertAdjacentHTML('afterbegin',"
+                            " '<div class=\"flash flash-ok\" role=\"status\">kept</div>')")
+        await _live(page)
+        shop.always.pop("X")
+        answer = await amqp.control(action="retry", client_id="acme")
+        assert (answer["ok"], answer.get("outcome")) == (True, "succeeded"), answer
+        await expect(row).to_contain_text("running")
+        await expect(row).not_to_contain_text("HTTP 422")
+        await expect(page.get_by_role("status")).to_have_text("kept")
+        assert await _not_reloaded(page)
+        assert errors == []
+
+
+async def test_with_javascript_off_the_pages_work_as_before(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """No script: the parked page is whole, and a skip through its form ends on acme running."""
+    async with running(console_settings):
+        await _park_acme(amqp, shop)
+        page, _ = await _login(browser, _base(console_settings), ADMIN_TOKEN, javascript=False)
+        await page.goto(_base(console_settings) + "/clients/acme")
+        await expect(page.locator(".error")).to_contain_text("HTTP 422")
+        await page.get_by_role("button", name="Skip…").click()
+        await page.get_by_role("button", name="Yes, skip").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Skipped X (kept in the archive). acme runs again.")
+        await expect(page.locator("h1 .state")).to_have_text("running")
+        await expect(page.locator("html[data-live]")).to_have_count(0)
+
+
+async def test_the_script_is_served_by_the_daemon_and_no_inline_script_may_run(
+    console_settings, amqp: Broker, browser: Browser
+):
+    """`/static/live.js` as JavaScript; the pages' policy allows scripts from the daemon
+    only, so an injected inline script would not run."""
+    async with running(console_settings):
+        base = _base(console_settings)
+        page, _ = await _login(browser, base, ADMIN_TOKEN)
+        response = await page.goto(base + "/clients")
+        assert response is not None
+        policy = response.headers["content-security-policy"]
+        script = await page.context.request.get(base + "/static/live.js")
+        body = await script.text()
+    assert "script-src 'self';" in policy
+    assert "unsafe-inline" not in policy.split("style-src")[0]
+    assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert 'new EventSource("/api/v1/events/stream")' in body
+    assert len(body.splitlines()) < 60
