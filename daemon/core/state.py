@@ -514,7 +514,7 @@ class StateLog:
         """Records between snapshots: never fewer than the view has entries."""
         v = self.view
         size = (len(v.clients) + len(v.parked) + len(v.paused) + len(v.failed)
-                + len(v.pending) + len(v.notify))
+                + len(v.pending) + len(v.notify) + len(v.audit))
         return max(self._snapshot_every, size)
 
     def _maybe_snapshot(self, *, by_time: bool = False) -> None:
