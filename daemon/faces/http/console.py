@@ -279,8 +279,8 @@ async def client_action(request: web.Request, session: Session) -> web.StreamRes
                      reason=args["reason"] or "")
     try:
         result = await perform(face_of(request).ops, action.name, Request(
-            actor=session.identity.name, client_id=client_id, message_id=args["message_id"],
-            reason=args["reason"]))
+            actor=session.identity.name, via="console", client_id=client_id,
+            message_id=args["message_id"], reason=args["reason"]))
     except OperationError as exc:
         return _done(request, back, False, str(exc))
     ok, message = outcomes.client_action(action.name, client_id, result)
@@ -341,8 +341,8 @@ async def _each_failed(request: web.Request, identity: Identity, action: str, id
         try:
             if record is None or not identity.may_see(record.client_id):
                 raise UnknownItem(f"no failed item with message_id {message_id!r}")
-            await perform(ops, action, Request(actor=identity.name, message_id=message_id,
-                                               reason=reason))
+            await perform(ops, action, Request(actor=identity.name, via="console",
+                                               message_id=message_id, reason=reason))
             done.append(message_id)
         except OperationError as exc:
             errors.append(str(exc))
@@ -367,10 +367,11 @@ async def unrouted_page(request: web.Request, session: Session) -> web.StreamRes
 async def unrouted_replay(request: web.Request, session: Session) -> web.StreamResponse:
     client_id = _visible(session.identity, request.match_info["client_id"])
     ops = face_of(request).ops
+    asked = Request(actor=session.identity.name, via="console", client_id=client_id)
     try:
         if not ops.registered(client_id) and session.identity.is_admin:
-            await ops.register(client_id, session.identity.name)
-        result = await ops.replay_unrouted(client_id, actor=session.identity.name)
+            await perform(ops, "register", asked)
+        result = await perform(ops, "replay_unrouted", asked)
     except OperationError as exc:
         return _done(request, "/unrouted", False, str(exc))
     n = result["replayed"]
