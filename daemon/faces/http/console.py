@@ -40,6 +40,7 @@ from daemon.faces.http.sessions import (
 )
 from daemon.operations.actions import Request, action_on, perform
 from daemon.operations.admin import OperationError, UnknownClient, UnknownItem
+from daemon.operations.audit import AUDIT_LIMIT, AuditQuery, audit_query
 from daemon.operations.listing import CLIENTS_LIMIT, BadQuery, clients_query
 
 log = structlog.get_logger()
@@ -259,8 +260,10 @@ async def client_page(request: web.Request, session: Session) -> web.StreamRespo
     ops = face_of(request).ops
     client = await ops.client(client_id)
     config = face_of(request).clients().get(client_id)
+    recent = ops.audit_page(AuditQuery(client_id=client_id, limit=CLIENT_AUDIT))["entries"]
     return _view(request, session, "client.html.j2", client=client,
-                 name=config.name if config else "", failed=len(ops.failed(client_id)))
+                 name=config.name if config else "", failed=len(ops.failed(client_id)),
+                 audit=recent)
 
 
 @page
@@ -380,6 +383,34 @@ async def unrouted_replay(request: web.Request, session: Session) -> web.StreamR
                  "order.")
 
 
+# -- the audit trail -----------------------------------------------------------------------
+
+CLIENT_AUDIT = 10  # a client's page shows its latest entries; /audit?client_id= has them all
+
+
+@page
+async def audit_page(request: web.Request, session: Session) -> web.StreamResponse:
+    """Admin actions, newest first, filtered by client and actor, with the API's paging."""
+    identity = session.identity
+    asked = request.query.get("client_id") or None
+    if asked is not None:
+        _visible(identity, asked)
+    try:
+        query = audit_query(request.query, only=identity.client_id)
+    except BadQuery as exc:
+        return render(request, "error.html.j2", 400, session=session, title="Bad address",
+                      message=f"{exc}.", csrf=_csrf(request, session))
+    listing = face_of(request).ops.audit_page(query)
+    filters = {"client_id": asked or "", "actor": query.actor or "",
+               "limit": "" if query.limit == AUDIT_LIMIT else str(query.limit)}
+    kept = {k: v for k, v in filters.items() if v}
+    return _view(request, session, "audit.html.j2", entries=listing["entries"],
+                 client_id=filters["client_id"], actor=filters["actor"],
+                 first=f"/audit?{urlencode(kept)}" if query.before is not None else None,
+                 next=f"/audit?{urlencode({**kept, 'before': listing['next']})}"
+                 if listing["next"] else None)
+
+
 def add_routes(app: web.Application) -> None:
     token = app[FACE].settings.admin_token
     if token is not None:
@@ -395,3 +426,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/failed/action", failed_action)
     app.router.add_get("/unrouted", unrouted_page)
     app.router.add_post("/unrouted/{client_id}/replay", unrouted_replay)
+    app.router.add_get("/audit", audit_page)
