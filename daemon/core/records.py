@@ -18,6 +18,7 @@ Kinds (docs/parking.md has what the fold does with each):
     pause      resume                                      (flow)
     failed     redelivered  unfail  released               (the failed store)
     notified   digest.add  digest.sent                     (notification memory)
+    audit                                                  (the audit trail)
     marker     snapshot                                    (the log's own)
 """
 
@@ -252,6 +253,28 @@ class DigestSent:
     window_until: float | None = None
 
 
+# -- the audit trail ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Audited:
+    """An admin action and its outcome, written after it ran: who, which face, what, why.
+
+    An announcement only: nothing reads it to decide anything (docs/parking.md).
+    `at` is the envelope's: when the record was appended.
+    """
+
+    kind: Literal["audit"] = "audit"
+    at: str = ""
+    actor: str
+    via: str
+    action: str
+    client_id: str | None = None
+    message_id: str | None = None
+    reason: str | None = None
+    outcome: str = ""
+
+
 # -- the log's own ---------------------------------------------------------------------------
 
 
@@ -277,8 +300,8 @@ class SnapshotPart:
 
 Record = (
     Registered | Claimed | Parked | Announced | Unparked | Paused | Resumed
-    | Failed | Redelivered | Unfailed | Released | Notified | DigestAdded | DigestSent | Marker
-    | SnapshotPart
+    | Failed | Redelivered | Unfailed | Released | Notified | DigestAdded | DigestSent | Audited
+    | Marker | SnapshotPart
 )
 NotifyRecord = Notified | DigestAdded | DigestSent
 

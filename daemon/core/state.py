@@ -47,7 +47,16 @@ from common.clock import age_s, utcnow
 from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.tail import StreamTail
 from daemon.broker.topology import Topology, declare_client_queue, declare_topology
-from daemon.core.records import Failed, Marker, Record, Registered, SnapshotPart, decode, encode
+from daemon.core.records import (
+    Audited,
+    Failed,
+    Marker,
+    Record,
+    Registered,
+    SnapshotPart,
+    decode,
+    encode,
+)
 from daemon.core.view import View
 from daemon.tasks import Tasks
 
@@ -106,10 +115,11 @@ async def append_record(channel: AbstractChannel, topo: Topology, record: Record
 
 
 async def register_client(connection: AbstractConnection, topo: Topology, client_id: str,
-                          actor: str, replica: str) -> None:
+                          actor: str, replica: str, *, via: str | None = None) -> None:
     """Register a client without a daemon: declare its queue, then record it.
 
     Daemons tailing the log start consuming it; one that is down finds it at start-up.
+    With `via` (the CLI's `clients add`), an audit entry follows the registration.
     """
     await declare_state_stream(connection, topo)
     async with connection.channel(publisher_confirms=True) as channel:
@@ -118,6 +128,10 @@ async def register_client(connection: AbstractConnection, topo: Topology, client
         await append_record(channel, topo,
                             Registered(client_id=client_id, actor=actor, op=uuid.uuid4().hex),
                             replica)
+        if via is not None:
+            await append_record(channel, topo, Audited(actor=actor, via=via, action="register",
+                                                       client_id=client_id, outcome="ok"),
+                                replica)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,7 +528,7 @@ class StateLog:
         """Records between snapshots: never fewer than the view has entries."""
         v = self.view
         size = (len(v.clients) + len(v.parked) + len(v.paused) + len(v.failed)
-                + len(v.pending) + len(v.notify))
+                + len(v.pending) + len(v.notify) + len(v.audit))
         return max(self._snapshot_every, size)
 
     def _maybe_snapshot(self, *, by_time: bool = False) -> None:

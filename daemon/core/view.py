@@ -17,6 +17,7 @@ does is in docs/parking.md; the two rules that keep it exact:
 from __future__ import annotations
 
 import base64
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, assert_never
@@ -24,6 +25,7 @@ from typing import Any, assert_never
 from daemon.core.notify_rules import fold as fold_notify
 from daemon.core.records import (
     Announced,
+    Audited,
     Claimed,
     DigestAdded,
     DigestSent,
@@ -51,6 +53,9 @@ MAX_OPS = 10_000
 
 MAX_COPIES = 100_000
 """Non-blocking items whose copies are remembered (claim counts, generations failed)."""
+
+MAX_AUDIT = 10_000
+"""Audit entries kept (the newest; the oldest is dropped). Snapshots carry them whole."""
 
 LOST_BODY = "its record was deleted by the state log's retention before start-up read it"
 LEFT_UNFINISHED = "the item left the queue without finishing"
@@ -89,7 +94,8 @@ class Pending:
 
 @dataclass(slots=True)
 class View:
-    """Registered clients, parks, pauses, the failed store and notification memory."""
+    """Registered clients, parks, pauses, the failed store, notification memory and the
+    audit trail."""
 
     clients: set[str] = field(default_factory=set)
     parked: dict[Scope, Parked] = field(default_factory=dict)
@@ -106,6 +112,8 @@ class View:
     copies: dict[str, tuple[int, str]] = field(default_factory=dict)  # message id -> claims, last
     spent: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     """(message id, generation) of every copy that failed -> (fid, body digest)."""
+    audit: deque[tuple[int, Audited]] = field(default_factory=lambda: deque(maxlen=MAX_AUDIT))
+    """The latest admin actions, oldest first, with their offsets (never read to decide)."""
 
     def epoch(self, scope: Scope) -> int:
         return self.epochs.get(scope, 0)
@@ -136,6 +144,8 @@ class View:
                     self.fids.pop(pending.entry.record.fid, None)
             case Notified() | DigestAdded() | DigestSent():
                 fold_notify(self.notify, as_dict(record))
+            case Audited():
+                self.audit.append((offset, record))
             case Marker() | SnapshotPart():
                 pass
             case _:
@@ -306,12 +316,18 @@ class View:
             yield ["claim", scope, message_id, digest, self.claim_ids.get(scope, "")]
         for scope, (message_id, digest) in self.done.items():
             yield ["done", scope, message_id, digest]
+        yield from self._memory_entries()
+
+    def _memory_entries(self) -> Iterator[list[Any]]:
+        """What the view remembers of past operations, copies and admin actions."""
         for op, replica in self.ops.items():
             yield ["op", op, replica]
         for message_id, (count, claim) in self.copies.items():
             yield ["copy", message_id, count, claim]
         for (message_id, generation), (fid, digest) in self.spent.items():
             yield ["spent", message_id, generation, fid, digest]
+        for offset, audited in self.audit:  # whole: small, and start-up reads no further back
+            yield ["audit", offset, as_dict(audited)]
 
     @classmethod
     def from_entries(cls, entries: list[list[Any]], bodies: Mapping[int, Failed]) -> View:
@@ -337,6 +353,10 @@ class View:
                 self._restore_failed(entry, bodies)
             case ["notify", str(client), dict(memory)]:
                 self.notify[client] = memory
+            case ["audit", int(offset), dict(data)]:
+                audited = decode({**data, "kind": "audit"})
+                if isinstance(audited, Audited):
+                    self.audit.append((offset, audited))
             case _:
                 self._restore_head(entry)
 

@@ -206,6 +206,7 @@ async def _talk(settings: Settings, args: argparse.Namespace,
             return None
         request = {k: v for k, v in control_request(args).items() if v is not None}
         request["actor"] = "cli"
+        request["via"] = "cli"  # audited as the CLI's, not a bare control message's
         timeout = 10.0 + (settings.handler_timeout if request["action"] == "retry" else 0)
         try:
             return await send_control(connection, topo, request, timeout)
@@ -225,7 +226,7 @@ async def _register(
         validate_client_id(client_id)
     except InvalidClientId as exc:
         raise CliError(str(exc), 2) from None
-    await register_client(connection, topo, client_id, "cli", "cli")
+    await register_client(connection, topo, client_id, "cli", "cli", via="cli")
     print(json.dumps({"ok": True, "client_id": client_id}))
     return 0
 

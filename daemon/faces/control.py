@@ -4,7 +4,10 @@ Every replica binds its own exclusive queue to the fanout exchange and
 receives every control message. Each is acted on through `Operations` and,
 when `reply_to` and `correlation_id` are set, answered with
 `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The actor is the
-broker-validated `user_id` property when set, else the `actor` field.
+broker-validated `user_id` property when set, else the `actor` field; the
+audit trail records the face as `via`: `control`, unless the message says
+otherwise (the CLI sends `"via": "cli"`; a replica forwarding a retry or
+skip to the park's holder sends its own request's).
 
 The answer is published with the daemon's permissions, so `reply_to` must
 name a queue the caller made for it: a server-named queue (`amq.gen-...`,
@@ -27,6 +30,7 @@ from daemon.broker.producer import DIRECT_REPLY_TO
 from daemon.broker.topology import Topology
 from daemon.operations.actions import ACTIONS, Request, perform
 from daemon.operations.admin import OperationError, Operations
+from daemon.operations.audit import VIAS
 from daemon.tasks import Tasks
 
 log = structlog.get_logger()
@@ -70,6 +74,10 @@ def parse_control(body: bytes, user_id: str | None) -> tuple[str, dict[str, Any]
         args["client_ids"] = tuple(client_ids)
     actor = user_id or data.get("actor")
     args["actor"] = actor if isinstance(actor, str) and actor else "unknown"
+    via = data.get("via", "control")
+    if via not in VIAS:
+        raise OperationError(f"via must be one of {', '.join(VIAS)}")
+    args["via"] = via
     return action, args
 
 

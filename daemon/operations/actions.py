@@ -7,6 +7,10 @@ from `commands`, the HTTP API and the console route `POST .../{action}` to the
 entries `on` a client or a failed item, and the console asks for a
 confirmation page where `confirm` says so. Adding an action is one entry
 here plus its function on `Operations` (docs/architecture.md).
+
+`perform` is the one way in, so it is where the audit trail is written: one
+entry per action that `changes` something, after it ran, with its outcome,
+refused ones too (daemon/operations/audit.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from daemon.core.parking import OperationError
-from daemon.operations.admin import Operations
+from daemon.core.records import Audited
+from daemon.operations.admin import HolderSilent, Operations
+from daemon.operations.audit import entries_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +30,7 @@ class Request:
     """One admin action's arguments, from whichever face asked."""
 
     actor: str  # a token's name, a validated AMQP user_id, "cli"
+    via: str = "control"  # the face that asked: console, api, cli, control (audit.VIAS)
     client_id: str | None = None
     client_ids: tuple[str, ...] = ()
     message_id: str | None = None
@@ -63,6 +70,7 @@ class Action:
     confirm: bool = False  # the console shows a confirmation page first
     forwarded: bool = False  # answered by the replica holding the client's park
     commands: tuple[Command, ...] = ()
+    changes: bool = True  # audited: everything but status and the listings
 
 
 def _failed_name(name: str) -> str:
@@ -76,6 +84,7 @@ def _groups(kind: Literal["failed", "parked"], words: str) -> tuple[Action, ...]
                                            client_id=r.client_id, reason=r.reason, op=r.op)
     return (
         Action(f"list_{kind}_groups", lambda ops, r: ops.group_listing(kind, r.client_id),
+               changes=False,
                commands=(Command((kind, "groups"), ("--client",), f"list {words} by error"),)),
         *(Action(f"{how}_{kind}_group", on_group(how), confirm=True,
                  commands=(Command((kind, f"{how}-group"), ("group", "--client", "--reason"),
@@ -85,17 +94,19 @@ def _groups(kind: Literal["failed", "parked"], words: str) -> tuple[Action, ...]
 
 
 TABLE: tuple[Action, ...] = (
-    Action("status", lambda ops, r: ops.status(r.client_id),
+    Action("status", lambda ops, r: ops.status(r.client_id), changes=False,
            commands=(Command(("status",), ("client?",), "clients and their state"),
                      Command(("clients", "list"), (), "list the clients"))),
     Action("retry", lambda ops, r: ops.retry(
         r.client_id or "", actor=r.actor, message_id=r.message_id, reason=r.reason,
-        forward=r.forward), needs_client=True, on="client", confirm=True, forwarded=True,
+        forward=r.forward, via=r.via), needs_client=True, on="client", confirm=True,
+           forwarded=True,
            commands=(Command(("retry",), ("client", "--message-id", "--reason"),
                              "retry a parked client's item"),)),
     Action("skip", lambda ops, r: ops.skip(
         r.client_id or "", actor=r.actor, message_id=r.message_id, reason=r.reason,
-        forward=r.forward), needs_client=True, on="client", confirm=True, forwarded=True,
+        forward=r.forward, via=r.via), needs_client=True, on="client", confirm=True,
+           forwarded=True,
            commands=(Command(("skip",), ("client", "--message-id", "--reason"),
                              "skip a parked client's item"),)),
     Action("pause", lambda ops, r: ops.pause(r.client_id or "", actor=r.actor, op=r.op),
@@ -110,13 +121,13 @@ TABLE: tuple[Action, ...] = (
            needs_client=True,
            commands=(Command(("clients", "add"), ("client",), "register a client"),)),
     Action("list_unrouted", lambda ops, r: ops.unrouted(),  # an addition to SPEC section 5
-           commands=(Command(("unrouted", "list"), (), "list them"),)),
+           changes=False, commands=(Command(("unrouted", "list"), (), "list them"),)),
     Action("replay_unrouted", lambda ops, r: ops.replay_unrouted(r.client_id or "",
                                                                  actor=r.actor),
            needs_client=True, commands=(Command(("unrouted", "replay"), ("client",),
                                      "replay a client's, in order"),)),
     Action("list_failed", lambda ops, r: ops.failed_listing(r.client_id),  # addition, too
-           commands=(Command(("failed", "list"), ("--client",), "list them"),)),
+           changes=False, commands=(Command(("failed", "list"), ("--client",), "list them"),)),
     Action(_failed_name("retry"), lambda ops, r: ops.retry_failed(
         r.message_id, actor=r.actor, op=r.op), on="failed", confirm=True,
            commands=(Command(("failed", "retry"), ("message_id",), "run one again"),)),
@@ -139,10 +150,37 @@ def action_on(target: Literal["client", "failed"], name: str) -> Action | None:
 
 
 async def perform(ops: Operations, name: str, request: Request) -> dict[str, Any]:
-    """Carry out the action `name`: the fields of its answer, or OperationError."""
+    """Carry out the action `name`: the fields of its answer, or OperationError.
+
+    An action that changes something is audited after it ran, refused or not,
+    except a retry or skip forwarded to the replica holding the park: that
+    replica audits it (under this request's `via`), unless it did not answer.
+    """
     action = ACTIONS.get(name)
     if action is None:
         raise OperationError(f"unknown action {name[:40]!r}")
+    if not action.changes:
+        return await _run(ops, action, request)
+    client_id = request.client_id
+    if action.on == "failed" and request.message_id and not client_id:
+        item = ops.failed_item(request.message_id)  # whose item it is, while it is there
+        client_id = item.client_id if item is not None else None
+    forwarded = action.forwarded and request.forward and bool(client_id) and ops.forwards(
+        client_id or "")
+    asked = Audited(actor=request.actor, via=request.via, action=name, client_id=client_id,
+                    message_id=request.message_id, reason=request.reason)
+    try:
+        answer = await _run(ops, action, request)
+    except OperationError as exc:
+        if not forwarded or isinstance(exc, HolderSilent):
+            await ops.audit(entries_for(asked, error=str(exc)))
+        raise
+    if not forwarded:
+        await ops.audit(entries_for(asked, answer=answer))
+    return answer
+
+
+async def _run(ops: Operations, action: Action, request: Request) -> dict[str, Any]:
     if action.needs_client and not request.client_id:
-        raise OperationError(f"{name} needs a client_id")
+        raise OperationError(f"{action.name} needs a client_id")
     return await action.run(ops, request)

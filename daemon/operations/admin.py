@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -24,9 +25,10 @@ from daemon.core.blocking import BlockingConsumer
 from daemon.core.failed import FailedStore, UnknownItem
 from daemon.core.outcomes import Outcomes
 from daemon.core.parking import OperationError, UnknownClient
-from daemon.core.records import Failed, Paused, Resumed
+from daemon.core.records import Audited, Failed, Paused, Resumed
 from daemon.core.runtime import Runtime
 from daemon.core.unrouted import browse_unrouted, unrouted_client
+from daemon.operations.audit import AuditQuery, audit_page
 from daemon.operations.groups import Group, Kind, Member, UnknownGroup, find, group, item_ids
 from daemon.operations.listing import ClientsQuery, page_after
 
@@ -44,8 +46,13 @@ UNROUTED_MAX_LIMIT = 1000
 UNROUTED_SCAN_ITEMS = 10_000
 UNROUTED_SCAN_BYTES = 16 * 1024 * 1024
 GROUP_CONCURRENCY = 16  # items of a group retried or skipped at once
-__all__ = ["OperationError", "Operations", "UnknownClient", "UnknownGroup",
+AUDIT_PATIENCE = 10.0  # an audit record waits this long for a lost broker, then is given up
+__all__ = ["HolderSilent", "OperationError", "Operations", "UnknownClient", "UnknownGroup",
            "UnknownItem"]
+
+
+class HolderSilent(OperationError):
+    """Raised when the replica holding a client's park did not answer a forwarded action."""
 
 
 class Operations:
@@ -104,44 +111,50 @@ class Operations:
         """True if the state log says the client is parked (on any replica)."""
         return client_id in self._rt.state.view.parked
 
+    def forwards(self, client_id: str) -> bool:
+        """True if a retry or skip of the client goes to another replica (it holds the park)."""
+        return (client_id in self._consumers and not self.holds_park(client_id)
+                and self.parked_anywhere(client_id))
+
     async def sync(self) -> None:
         """Read the state log up to now."""
         await self._rt.state.sync()
 
     async def retry(
         self, client_id: str, *, actor: str, message_id: str | None = None,
-        reason: str | None = None, forward: bool = True, **_: Any,
+        reason: str | None = None, forward: bool = True, via: str = "control", **_: Any,
     ) -> dict[str, Any]:
         """Run the parked item once now (SPEC section 4, point 5)."""
         consumer = self._consumer(client_id)
-        if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
-            return await self._forward("retry", client_id, actor, message_id, reason)
+        if forward and self.forwards(client_id):
+            return await self._forward("retry", client_id, actor, message_id, reason, via)
         return await consumer.parking.retry(message_id or None, actor, reason)
 
     async def skip(
         self, client_id: str, *, actor: str, message_id: str | None = None,
-        reason: str | None = None, forward: bool = True, **_: Any,
+        reason: str | None = None, forward: bool = True, via: str = "control", **_: Any,
     ) -> dict[str, Any]:
         """Archive the parked item without running it, and resume the client."""
         consumer = self._consumer(client_id)
-        if forward and not self.holds_park(client_id) and self.parked_anywhere(client_id):
-            return await self._forward("skip", client_id, actor, message_id, reason)
+        if forward and self.forwards(client_id):
+            return await self._forward("skip", client_id, actor, message_id, reason, via)
         return await consumer.parking.skip(message_id or None, actor, reason)
 
     async def _forward(
         self, action: str, client_id: str, actor: str, message_id: str | None,
-        reason: str | None,
+        reason: str | None, via: str,
     ) -> dict[str, Any]:
-        """Another replica holds the parked item: ask it through a control message."""
+        """Another replica holds the parked item: ask it through a control message (it
+        audits the action, under the face that asked here)."""
         request = {"action": action, "client_id": client_id, "actor": actor,
-                   "message_id": message_id, "reason": reason}
+                   "message_id": message_id, "reason": reason, "via": via}
         timeout = 10.0 + self._rt.settings.handler_timeout
         try:
             answer = await send_control(self._connection, self._rt.topo,
                                         {k: v for k, v in request.items() if v is not None},
                                         timeout)
         except NoAnswer:
-            raise OperationError(
+            raise HolderSilent(
                 f"client {client_id!r} is parked, but the replica holding it did not answer"
             ) from None
         if not answer.pop("ok", False):
@@ -276,6 +289,25 @@ class Operations:
                 "attempts": parked.attempts, "since": parked.since, "payload": parked.payload,
             },
         }
+
+    # -- the audit trail ----------------------------------------------------------------
+
+    async def audit(self, entries: Sequence[Audited]) -> None:
+        """Append audit records (no read-back): an action's outcome stands even if this fails."""
+        state = self._rt.state
+        try:
+            for entry in entries:
+                await state.append(entry, patience=AUDIT_PATIENCE)
+        except Exception as exc:  # the action is done; say the record is missing, once
+            log.warning("audit.append_failed", action=entries[0].action if entries else None,
+                        error=repr(exc))
+
+    def audit_page(self, query: AuditQuery) -> dict[str, Any]:
+        """A page of the audit trail, newest first (`{"entries", "next"}`); entries older
+        than the state log's retention are left out, so every replica lists alike."""
+        retention = timedelta(seconds=self._rt.settings.state_retention)
+        since = (datetime.now(UTC) - retention).isoformat(timespec="milliseconds")
+        return audit_page(self._rt.state.view.audit, query, since.replace("+00:00", "Z"))
 
     # -- failed non-blocking items ----------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from daemon.core.records import Audited
 from daemon.faces.cli import build_parser, control_request
 from daemon.operations.actions import ACTIONS, TABLE, Request, action_on, perform
 from daemon.operations.admin import OperationError, Operations
@@ -57,21 +58,34 @@ def test_a_group_command_sends_its_group_client_and_reason():
         "retry_failed_group", "skip_failed_group", "retry_parked_group", "skip_parked_group"]
 
 
+class AuditOnly:
+    """Operations that can only take audit entries: any operation would raise AttributeError."""
+
+    def __init__(self) -> None:
+        self.audited: list[Audited] = []
+
+    async def audit(self, entries: list[Audited]) -> None:
+        self.audited.extend(entries)
+
+
 @pytest.mark.parametrize(
-    ("name", "request_", "error"),
+    ("name", "request_", "error", "audited"),
     [
-        ("explode", Request(actor="a"), "unknown action 'explode'"),
-        ("x" * 100, Request(actor="a"), f"unknown action {'x' * 40!r}"),
-        ("pause", Request(actor="a"), "pause needs a client_id"),
-        ("retry", Request(actor="a", message_id="m-1"), "retry needs a client_id"),
+        ("explode", Request(actor="a"), "unknown action 'explode'", False),
+        ("x" * 100, Request(actor="a"), f"unknown action {'x' * 40!r}", False),
+        ("pause", Request(actor="a"), "pause needs a client_id", True),
+        ("retry", Request(actor="a", message_id="m-1"), "retry needs a client_id", True),
     ],
 )
 async def test_a_request_the_table_refuses_never_reaches_an_operation(
-    name: str, request_: Request, error: str
+    name: str, request_: Request, error: str, audited: bool
 ):
-    """The same error text from every face (control, API, console, CLI)."""
-    untouchable: Any = object()  # any use of it would raise AttributeError
-    ops: Operations = untouchable
+    """The same error text from every face (control, API, console, CLI); a known action's
+    refusal is audited with it, an unknown name is not an action at all."""
+    fake: Any = AuditOnly()
+    ops: Operations = fake
     with pytest.raises(OperationError) as info:
         await perform(ops, name, request_)
     assert str(info.value) == error
+    assert [(e.action, e.actor, e.via, e.outcome) for e in fake.audited] == (
+        [(name, "a", "control", error)] if audited else [])

@@ -37,6 +37,10 @@ from daemon.operations.admin import OperationError
             b'{"action": "retry_failed_group", "group": 7}', "group must be a string",
             id="group",
         ),
+        pytest.param(b'{"action": "pause", "client_id": "a", "via": "email"}',
+                     "via must be one of console, api, cli, control", id="via"),
+        pytest.param(b'{"action": "pause", "client_id": "a", "via": null}',
+                     "via must be one of console, api, cli, control", id="null-via"),
     ],
 )
 def test_a_malformed_control_message_is_refused_with_a_reason(body, error):
@@ -54,14 +58,15 @@ def test_a_full_control_message_gives_its_action_and_every_argument():
     )
     assert parse_control(body, None) == (
         "retry",
-        {"client_id": "42", "message_id": "m-1", "reason": "fixed the SKU", "actor": "alice"},
+        {"client_id": "42", "message_id": "m-1", "reason": "fixed the SKU", "actor": "alice",
+         "via": "control"},
     )
 
 
 def test_absent_and_null_arguments_are_left_out_and_unknown_fields_ignored():
     """Only what was given is passed on; extra fields do no harm."""
     body = b'{"action": "status", "client_id": null, "colour": "red"}'
-    assert parse_control(body, None) == ("status", {"actor": "unknown"})
+    assert parse_control(body, None) == ("status", {"actor": "unknown", "via": "control"})
 
 
 @pytest.mark.parametrize(
@@ -83,7 +88,8 @@ def test_the_actor_is_the_validated_user_id_else_the_actor_field(
     """RabbitMQ checks `user_id`, so it wins; with neither the actor is "unknown"."""
     extra = "" if actor_field is None else f', "actor": {actor_field}'
     body = f'{{"action": "pause", "client_id": "42"{extra}}}'.encode()
-    assert parse_control(body, user_id) == ("pause", {"client_id": "42", "actor": actor})
+    assert parse_control(body, user_id) == ("pause", {"client_id": "42", "actor": actor,
+                                                      "via": "control"})
 
 
 @pytest.mark.parametrize(
@@ -94,7 +100,15 @@ def test_the_actor_is_the_validated_user_id_else_the_actor_field(
 def test_any_action_name_parses_and_is_judged_by_dispatch(action):
     """parse_control checks the shape only; whether the action exists is dispatch's call."""
     body = f'{{"action": "{action}"}}'.encode()
-    assert parse_control(body, "admin") == (action, {"actor": "admin"})
+    assert parse_control(body, "admin") == (action, {"actor": "admin", "via": "control"})
+
+
+@pytest.mark.parametrize("via", ["console", "api", "cli", "control"])
+def test_a_control_message_names_the_face_it_came_through(via):
+    """The CLI says `cli`, a forwarded retry its first face's; the audit trail records it."""
+    body = f'{{"action": "pause", "client_id": "42", "via": "{via}"}}'.encode()
+    assert parse_control(body, None) == ("pause", {"client_id": "42", "actor": "unknown",
+                                                   "via": via})
 
 
 @pytest.mark.parametrize(

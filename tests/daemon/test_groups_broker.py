@@ -69,6 +69,7 @@ async def test_failed_orders_refused_for_one_reason_are_one_group_retried_at_onc
                               {"reason": "the warehouse has it already"})
         await amqp.wait_event("item.skipped", "acme")
         again = await _call(base, "POST", f"/api/v1/failed/groups/{g422}/retry")
+        audit = await _call(base, "GET", "/api/v1/audit")
     archived = await amqp.queue_messages(amqp.topo.archive)
 
     assert status == 200
@@ -93,6 +94,14 @@ async def test_failed_orders_refused_for_one_reason_are_one_group_retried_at_onc
     assert [(m.message_id, (m.headers or {})["x-s2s-skip-reason"]) for m in archived] == [
         ("B1", "the warehouse has it already")]
     assert again == (404, {"ok": False, "error": f"no failed group {g422!r}"})
+    # The audit trail: one entry per item a group action touched, newest first.
+    entries = [(e["action"], e["via"], e["client_id"], e["message_id"], e["outcome"])
+               for e in audit[1]["entries"]]
+    assert entries[:2] == [
+        ("retry_failed_group", "api", None, None, f"no failed group {g422!r}"),
+        ("skip_failed_group", "api", "acme", "B1", "ok")]
+    assert sorted(entries[2:]) == [("retry_failed_group", "api", c, m, "ok")
+                                   for c, m in (("acme", "A1"), ("acme", "A2"), ("globex", "G1"))]
 
 
 async def test_parked_clients_group_by_reason_and_a_group_retry_resumes_them_all(

@@ -7,7 +7,7 @@ daemon per caller runs the rows top to bottom, so the allowed actions form a
 story: retry resumes acme, a skip archives the next parked item, a pause is
 undone, a failed order is retried and another skipped, acme's unrouted items
 are replayed. Afterwards the test checks what really happened, and who the
-daemon says did it.
+daemon says did it (its audit trail too).
 """
 
 from __future__ import annotations
@@ -106,6 +106,12 @@ MATRIX = [
     Row("POST", "/api/v1/unrouted/acme/replay",              (401, 401, 200, 404, 200)),
     Row("POST", "/api/v1/actions/status",                   (401, 401, 404, 404, 200)),
     Row("POST", "/api/v1/actions/explode",                  (401, 401, 404, 404, 409)),
+    Row("GET", "/api/v1/audit",                              (401, 401, 200, 200, 200)),
+    Row("GET", "/api/v1/audit?client_id=acme",               (401, 401, 200, 404, 200)),
+    Row("GET", "/api/v1/audit?client_id=globex&actor=admin", (401, 401, 404, 200, 200)),
+    Row("GET", "/api/v1/audit?limit=0",                      (401, 401, 400, 400, 400)),
+    Row("GET", "/api/v1/audit.csv",                          (401, 401, 200, 200, 200)),
+    Row("GET", "/api/v1/audit.csv?client_id=globex",         (401, 401, 404, 200, 200)),
     Row("GET", "/api/v1/nothing-here",                       (401, 401, 404, 404, 404)),
     Row("DELETE", "/api/v1/clients/acme",                    (401, 401, 405, 405, 405)),
 ]
@@ -147,7 +153,7 @@ async def run_column(base: str, caller: str, amqp: Broker) -> Run:
         run.answers[f"{row.method} {row.path}"] = (status, body)
         if status != expected:
             wrong.append(f"{row.method} {row.path}: expected {expected}, got {status} {body}")
-        elif row.path != "/metrics" and not isinstance(body, dict):
+        elif row.path != "/metrics" and ".csv" not in row.path and not isinstance(body, dict):
             wrong.append(f"{row.method} {row.path}: not JSON: {status} {body}")
         elif status >= 400:
             error = body.get("error") if isinstance(body, dict) else None
@@ -157,6 +163,15 @@ async def run_column(base: str, caller: str, amqp: Broker) -> Run:
                 wrong.append(f"{row.method} {row.path}: {body}")
     assert wrong == [], "\n".join(wrong)
     return run
+
+
+async def _audit(port: int, caller: str) -> list[tuple[Any, ...]]:
+    """The audit trail as the caller reads it: (actor, via, action, client, message, outcome)."""
+    row = Row("GET", "/api/v1/audit", (None,) * 5)
+    status, body = await _call(f"http://127.0.0.1:{port}", row, TOKENS[caller])
+    assert status == 200, body
+    return [(e["actor"], e["via"], e["action"], e["client_id"], e["message_id"], e["outcome"])
+            for e in reversed(body["entries"])]
 
 
 def _sha256(token: str) -> str:
@@ -216,12 +231,15 @@ async def test_refused_callers_get_401_or_404_and_change_nothing(
         failed = sorted(sup.state.view.failed)
         unrouted = [m.message_id for m in await amqp.queue_messages(amqp.topo.unrouted)]
         consumers = sorted(sup.consumers)
+        await sup.state.sync()
+        audit = await _audit(access_settings.http_port, "admin")
     assert (parked, failed, consumers) == ("X", ["SO-A1", "SO-A2", "SO-G"], ["acme", "globex"])
     assert unrouted == ["U1", "U2", "I1"]
     assert await amqp.queue_messages(amqp.topo.archive) == []
     assert sorted(shop.skus("acme")) == ["SO-A1", "SO-A2", "X"]
     assert [e["event"] for e in amqp.events if e["event"] in (
         "client.resumed", "client.paused", "item.skipped")] == []
+    assert audit == [], "a request refused for its token is not an action: nothing audited"
     if caller == "other":
         assert run.body("GET", "/api/v1/clients/acme") == {
             "ok": False, "error": "client 'acme' is not registered"}
@@ -259,6 +277,8 @@ async def test_allowed_callers_act_and_are_recorded_as_the_actor(
         if caller == "admin":  # the admin retried globex's failed order too
             await wait_until(lambda: shop.skus("globex") == ["SO-G", "SO-G"], 15,
                              "SO-G to run again")
+        await sup.state.sync()
+        audit = await _audit(access_settings.http_port, caller)
         consumers = sorted(sup.consumers)
         parked = sup.state.view.parked
     records = await _state_records(amqp)
@@ -292,6 +312,20 @@ async def test_allowed_callers_act_and_are_recorded_as_the_actor(
         "ok": False, "error": "Not Found: POST /api/v1/clients/acme/explode"}
     assert run.body("DELETE", "/api/v1/clients/acme") == {
         "ok": False, "error": "Method Not Allowed: DELETE /api/v1/clients/acme"}
+    assert audit == [
+        *([("admin", "api", "register", "initech", None, "ok")] if caller == "admin" else []),
+        (actor, "api", "retry", "acme", "X", "succeeded"),
+        (actor, "api", "skip", "acme", "P", "ok"),
+        (actor, "api", "pause", "acme", None, "ok"), (actor, "api", "resume", "acme", None, "ok"),
+        (actor, "api", "retry_failed", "acme", "SO-A1", "ok"),
+        (actor, "api", "skip_failed", "acme", "SO-A2", "ok"),
+        *([("admin", "api", "retry_failed", "globex", "SO-G", "ok")] if caller == "admin"
+          else []),
+        (actor, "api", "replay_unrouted", "acme", None, "ok")]
+    if caller == "own":  # globex's entries are not acme's to read, in JSON or CSV
+        assert run.body("GET", "/api/v1/audit?client_id=globex&actor=admin") == {
+            "ok": False, "error": "client 'globex' is not registered"}
+        assert run.body("GET", "/api/v1/audit.csv").startswith("text/csv: id,at,actor")
     replays = [e for e in logs if e["event"] == "unrouted.replayed"]
     assert [(e["client_id"], e["count"], e["actor"]) for e in replays] == [("acme", 2, actor)]
     assert unrouted == ["I1"]

@@ -8,6 +8,7 @@ import pytest
 
 from daemon.core.records import (
     Announced,
+    Audited,
     Claimed,
     Failed,
     Parked,
@@ -24,7 +25,7 @@ from daemon.core.records import (
     display_payload,
     encode,
 )
-from daemon.core.view import LOST_BODY, View
+from daemon.core.view import LOST_BODY, MAX_AUDIT, View
 
 
 def fold(*records: Record) -> View:
@@ -254,3 +255,25 @@ def test_a_snapshot_names_bodies_it_cannot_find_as_lost():
     assert (entry.record.client_id, entry.record.error, entry.record.message) == (
         "acme", LOST_BODY, None)
 
+
+
+def test_the_audit_trail_keeps_the_newest_entries_in_log_order():
+    """Past MAX_AUDIT entries the oldest is dropped; each keeps the offset it was read at."""
+    entries = [Audited(actor="admin", via="api", action="pause", client_id=f"c{i}",
+                       outcome="ok") for i in range(MAX_AUDIT + 5)]
+    view = fold(park(), *entries)
+    kept = list(view.audit)
+    assert len(kept) == MAX_AUDIT
+    assert (kept[0][0], kept[0][1].client_id) == (6, "c5")
+    assert (kept[-1][0], kept[-1][1].client_id) == (MAX_AUDIT + 5, f"c{MAX_AUDIT + 4}")
+    assert view.parked["acme"].message_id == "M"  # an announcement: it changes nothing else
+
+
+def test_the_audit_trail_survives_a_snapshot():
+    """A view rebuilt from its entries lists the same audit entries, offsets and all."""
+    view = fold(Audited(actor="admin", via="cli", action="register", client_id="acme",
+                        outcome="ok", at="T1"),
+                Audited(actor="ops", via="control", action="skip", client_id="acme",
+                        message_id="M", reason="bad, \"data\"", outcome="no park"))
+    rebuilt = View.from_entries(list(view.to_entries()), {})
+    assert list(rebuilt.audit) == list(view.audit)

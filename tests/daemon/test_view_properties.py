@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from daemon.core.records import (
     Announced,
+    Audited,
     Claimed,
     DigestAdded,
     DigestSent,
@@ -78,6 +80,11 @@ records: st.SearchStrategy[Record] = st.one_of(
     st.builds(DigestAdded, client_id=clients, id=st.sampled_from(["n1", "n3"]),
               t=st.sampled_from([1.0, 2.0]), entry=st.just({"type": "x", "error": "e"})),
     st.builds(DigestSent, client_id=clients, t=st.just(3.0), window_until=st.just(4.0)),
+    st.builds(Audited, at=times, actor=st.sampled_from(["admin", "client:a"]),
+              via=st.sampled_from(["api", "console"]), action=st.sampled_from(["retry", "pause"]),
+              client_id=st.sampled_from(["a", None]), message_id=mids,
+              reason=st.sampled_from([None, "why, \"quoted\""]),
+              outcome=st.sampled_from(["ok", "failed"])),
     st.builds(Marker, id=st.just("m")),
 )
 
@@ -139,3 +146,6 @@ def test_records_fold_the_same_after_their_wire_form(log):
     assert after.pending.keys() == plain.pending.keys()
     assert (after.clients, after.epochs, after.done, after.notify) == (
         plain.clients, plain.epochs, plain.done, plain.notify)
+    assert [(o, replace(a, at="")) for o, a in after.audit] == [
+        (o, replace(a, at="")) for o, a in plain.audit]
+    assert all(a.at == "T9" for _, a in after.audit)

@@ -1,7 +1,8 @@
 """Routes of SPEC section 8: /healthz, /readyz, /metrics and the JSON API under /api/v1.
 
-Every action goes through `Operations`, exactly like a control message, and
-answers the same JSON: `{"ok": true, ...}` or `{"ok": false, "error": ...}`.
+Every action goes through the action table's `perform`, exactly like a control
+message (and so is audited, `via` "api"), and answers the same JSON:
+`{"ok": true, ...}` or `{"ok": false, "error": ...}`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from daemon.operations.admin import (
     UnknownClient,
     UnknownItem,
 )
+from daemon.operations.audit import as_csv, audit_query
 from daemon.operations.groups import Kind, groups_query
 from daemon.operations.groups import page as groups_page
 from daemon.operations.listing import BadQuery, clients_query
@@ -157,7 +159,8 @@ async def register_client(request: web.Request) -> web.Response:
     client_id = _text(await _body(request), "client_id")
     if not client_id:
         raise OperationError("client_id is required")
-    result = await face_of(request).ops.register(client_id, identity.name)
+    result = await perform(face_of(request).ops, "register", Request(
+        actor=identity.name, via="api", client_id=client_id))
     return json_response({"ok": True, **result}, 201 if result["created"] else 200)
 
 
@@ -169,7 +172,7 @@ async def client_action(request: web.Request) -> web.Response:
         raise web.HTTPNotFound
     data = await _body(request)
     result = await perform(face_of(request).ops, action.name, Request(
-        actor=_identity(request).name, client_id=client_id,
+        actor=_identity(request).name, via="api", client_id=client_id,
         message_id=_text(data, "message_id"), reason=_text(data, "reason")))
     return json_response({"ok": True, **result})
 
@@ -196,7 +199,7 @@ async def failed_action(request: web.Request) -> web.Response:
         raise UnknownItem(f"no failed item with message_id {message_id!r}")
     data = await _body(request)
     result = await perform(ops, action.name, Request(
-        actor=identity.name, message_id=message_id, reason=_text(data, "reason")))
+        actor=identity.name, via="api", message_id=message_id, reason=_text(data, "reason")))
     return json_response({"ok": True, **result})
 
 
@@ -211,9 +214,9 @@ async def any_action(request: web.Request) -> web.Response:
     if not isinstance(client_ids, list) or not all(isinstance(c, str) for c in client_ids):
         raise OperationError("client_ids must be a list of strings")
     result = await perform(face_of(request).ops, request.match_info["action"], Request(
-        actor=identity.name, client_id=_text(data, "client_id"), client_ids=tuple(client_ids),
-        message_id=_text(data, "message_id"), reason=_text(data, "reason"),
-        group=_text(data, "group")))
+        actor=identity.name, via="api", client_id=_text(data, "client_id"),
+        client_ids=tuple(client_ids), message_id=_text(data, "message_id"),
+        reason=_text(data, "reason"), group=_text(data, "group")))
     return json_response({"ok": True, **result})
 
 
@@ -239,7 +242,8 @@ def unrouted_limit(text: str | None) -> int | None:
 
 async def replay_unrouted(request: web.Request) -> web.Response:
     client_id = _visible_client(request)
-    result = await face_of(request).ops.replay_unrouted(client_id, actor=_identity(request).name)
+    result = await perform(face_of(request).ops, "replay_unrouted", Request(
+        actor=_identity(request).name, via="api", client_id=client_id))
     return json_response({"ok": True, **result})
 
 
@@ -271,9 +275,45 @@ async def group_action(request: web.Request) -> web.Response:
     data = await _body(request)
     info = request.match_info
     result = await perform(face_of(request).ops, f"{info['how']}_{info['kind']}_group", Request(
-        actor=identity.name, client_id=_only(identity, None), group=info["group"],
+        actor=identity.name, via="api", client_id=_only(identity, None), group=info["group"],
         reason=_text(data, "reason")))
     return json_response({"ok": True, **result})
+
+
+# -- the audit trail (SPEC section 9) ------------------------------------------------------
+
+
+def _audit(request: web.Request) -> dict[str, Any]:
+    """The page `?client_id=&actor=&limit=&before=` asks for; a client token's own only."""
+    identity = _identity(request)
+    asked = request.query.get("client_id") or None
+    if asked is not None and not identity.may_see(asked):
+        raise UnknownClient(f"client {asked!r} is not registered")
+    query = audit_query(request.query, only=identity.client_id)  # BadQuery: a 400
+    return face_of(request).ops.audit_page(query)
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """Admin actions, newest first: `{"entries", "next"}` (`next`: the `before` of the
+    next page)."""
+    try:
+        return json_response(_audit(request))
+    except BadQuery as exc:
+        return error(400, str(exc))
+
+
+async def audit_csv(request: web.Request) -> web.Response:
+    """The same page as CSV; the next page's address in a `Link: <…>; rel="next"` header."""
+    try:
+        page = _audit(request)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    response = web.Response(text=as_csv(page["entries"]), content_type="text/csv",
+                            headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+    if page["next"] is not None:
+        url = request.rel_url.update_query(before=page["next"])
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return response
 
 
 def build_app(face: Face) -> web.Application:
@@ -294,6 +334,8 @@ def build_app(face: Face) -> web.Application:
     app.router.add_get("/api/v1/{kind:failed|parked}/groups", list_groups)
     app.router.add_post("/api/v1/{kind:failed|parked}/groups/{group}/{how:retry|skip}",
                         group_action)
+    app.router.add_get("/api/v1/audit", list_audit)
+    app.router.add_get("/api/v1/audit.csv", audit_csv)
     add_routes(app)
     sse.add_routes(app)
     return app

@@ -42,6 +42,7 @@ from daemon.faces.http.sessions import (
 )
 from daemon.operations.actions import Request, action_on, perform
 from daemon.operations.admin import OperationError, UnknownClient, UnknownItem
+from daemon.operations.audit import AUDIT_LIMIT, AuditQuery, audit_query
 from daemon.operations.groups import GroupsQuery, Kind, find, groups_query
 from daemon.operations.groups import page as groups_page_of
 from daemon.operations.listing import CLIENTS_LIMIT, BadQuery, clients_query
@@ -264,8 +265,10 @@ async def client_page(request: web.Request, session: Session) -> web.StreamRespo
     ops = face_of(request).ops
     client = await ops.client(client_id)
     config = face_of(request).clients().get(client_id)
+    recent = ops.audit_page(AuditQuery(client_id=client_id, limit=CLIENT_AUDIT))["entries"]
     return _view(request, session, "client.html.j2", client=client,
-                 name=config.name if config else "", failed=len(ops.failed(client_id)))
+                 name=config.name if config else "", failed=len(ops.failed(client_id)),
+                 audit=recent)
 
 
 @page
@@ -284,8 +287,8 @@ async def client_action(request: web.Request, session: Session) -> web.StreamRes
                      reason=args["reason"] or "")
     try:
         result = await perform(face_of(request).ops, action.name, Request(
-            actor=session.identity.name, client_id=client_id, message_id=args["message_id"],
-            reason=args["reason"]))
+            actor=session.identity.name, via="console", client_id=client_id,
+            message_id=args["message_id"], reason=args["reason"]))
     except OperationError as exc:
         return _done(request, back, False, str(exc))
     ok, message = outcomes.client_action(action.name, client_id, result)
@@ -346,8 +349,8 @@ async def _each_failed(request: web.Request, identity: Identity, action: str, id
         try:
             if record is None or not identity.may_see(record.client_id):
                 raise UnknownItem(f"no failed item with message_id {message_id!r}")
-            await perform(ops, action, Request(actor=identity.name, message_id=message_id,
-                                               reason=reason))
+            await perform(ops, action, Request(actor=identity.name, via="console",
+                                               message_id=message_id, reason=reason))
             done.append(message_id)
         except OperationError as exc:
             errors.append(str(exc))
@@ -372,10 +375,11 @@ async def unrouted_page(request: web.Request, session: Session) -> web.StreamRes
 async def unrouted_replay(request: web.Request, session: Session) -> web.StreamResponse:
     client_id = _visible(session.identity, request.match_info["client_id"])
     ops = face_of(request).ops
+    asked = Request(actor=session.identity.name, via="console", client_id=client_id)
     try:
         if not ops.registered(client_id) and session.identity.is_admin:
-            await ops.register(client_id, session.identity.name)
-        result = await ops.replay_unrouted(client_id, actor=session.identity.name)
+            await perform(ops, "register", asked)
+        result = await perform(ops, "replay_unrouted", asked)
     except OperationError as exc:
         return _done(request, "/unrouted", False, str(exc))
     n = result["replayed"]
@@ -439,7 +443,8 @@ async def group_action(request: web.Request, session: Session) -> web.StreamResp
                      target=f"/groups/{kind}/{segment(key)}/{how}")
     try:
         result = await perform(face_of(request).ops, f"{how}_{kind}_group", Request(
-            actor=identity.name, client_id=identity.client_id, group=key, reason=reason))
+            actor=identity.name, via="console", client_id=identity.client_id, group=key,
+            reason=reason))
     except OperationError as exc:
         return _done(request, back, False, str(exc))
     ok, message = outcomes.group_action(kind, how, result)
@@ -455,6 +460,34 @@ async def live_js(request: web.Request) -> web.Response:
     """daemon/static/live.js: refreshes a page's <main> on the events that concern it."""
     return web.Response(body=LIVE_JS, content_type="text/javascript", charset="utf-8",
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+# -- the audit trail -----------------------------------------------------------------------
+
+CLIENT_AUDIT = 10  # a client's page shows its latest entries; /audit?client_id= has them all
+
+
+@page
+async def audit_page(request: web.Request, session: Session) -> web.StreamResponse:
+    """Admin actions, newest first, filtered by client and actor, with the API's paging."""
+    identity = session.identity
+    asked = request.query.get("client_id") or None
+    if asked is not None:
+        _visible(identity, asked)
+    try:
+        query = audit_query(request.query, only=identity.client_id)
+    except BadQuery as exc:
+        return render(request, "error.html.j2", 400, session=session, title="Bad address",
+                      message=f"{exc}.", csrf=_csrf(request, session))
+    listing = face_of(request).ops.audit_page(query)
+    filters = {"client_id": asked or "", "actor": query.actor or "",
+               "limit": "" if query.limit == AUDIT_LIMIT else str(query.limit)}
+    kept = {k: v for k, v in filters.items() if v}
+    return _view(request, session, "audit.html.j2", entries=listing["entries"],
+                 client_id=filters["client_id"], actor=filters["actor"],
+                 first=f"/audit?{urlencode(kept)}" if query.before is not None else None,
+                 next=f"/audit?{urlencode({**kept, 'before': listing['next']})}"
+                 if listing["next"] else None)
 
 
 def add_routes(app: web.Application) -> None:
@@ -476,3 +509,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/groups/{kind:failed|parked}", groups_page)
     app.router.add_post("/groups/{kind:failed|parked}/{group}/{how:retry|skip}", group_action)
     app.router.add_get("/static/live.js", live_js)
+    app.router.add_get("/audit", audit_page)
