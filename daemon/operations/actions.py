@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from daemon.core.parking import OperationError
+from daemon.core.parking import OperationError, UnknownClient
 from daemon.core.records import Audited
 from daemon.operations.admin import HolderSilent, Operations
 from daemon.operations.audit import entries_for
@@ -154,7 +154,9 @@ async def perform(ops: Operations, name: str, request: Request) -> dict[str, Any
 
     An action that changes something is audited after it ran, refused or not,
     except a retry or skip forwarded to the replica holding the park: that
-    replica audits it (under this request's `via`), unless it did not answer.
+    replica audits it (under this request's `via`), unless it did not answer;
+    and except one whose client, item or group is not found (a 404: it names
+    nothing the caller may touch, as a request refused for its token).
     """
     action = ACTIONS.get(name)
     if action is None:
@@ -172,7 +174,8 @@ async def perform(ops: Operations, name: str, request: Request) -> dict[str, Any
     try:
         answer = await _run(ops, action, request)
     except OperationError as exc:
-        if not forwarded or isinstance(exc, HolderSilent):
+        found = not isinstance(exc, UnknownClient)  # UnknownItem and UnknownGroup are ones too
+        if found and (not forwarded or isinstance(exc, HolderSilent)):
             await ops.audit(entries_for(asked, error=str(exc)))
         raise
     if not forwarded:

@@ -94,13 +94,12 @@ async def test_failed_orders_refused_for_one_reason_are_one_group_retried_at_onc
     assert [(m.message_id, (m.headers or {})["x-s2s-skip-reason"]) for m in archived] == [
         ("B1", "the warehouse has it already")]
     assert again == (404, {"ok": False, "error": f"no failed group {g422!r}"})
-    # The audit trail: one entry per item a group action touched, newest first.
+    # The audit trail: one entry per item a group action touched, newest first; a group not
+    # found (the 404) touched nothing and leaves none.
     entries = [(e["action"], e["via"], e["client_id"], e["message_id"], e["outcome"])
                for e in audit[1]["entries"]]
-    assert entries[:2] == [
-        ("retry_failed_group", "api", None, None, f"no failed group {g422!r}"),
-        ("skip_failed_group", "api", "acme", "B1", "ok")]
-    assert sorted(entries[2:]) == [("retry_failed_group", "api", c, m, "ok")
+    assert entries[:1] == [("skip_failed_group", "api", "acme", "B1", "ok")]
+    assert sorted(entries[1:]) == [("retry_failed_group", "api", c, m, "ok")
                                    for c, m in (("acme", "A1"), ("acme", "A2"), ("globex", "G1"))]
 
 

@@ -315,6 +315,7 @@ async def test_allowed_callers_act_and_are_recorded_as_the_actor(
     assert audit == [
         *([("admin", "api", "register", "initech", None, "ok")] if caller == "admin" else []),
         (actor, "api", "retry", "acme", "X", "succeeded"),
+        (actor, "api", "retry_parked_group", "acme", "P", "failed"),
         (actor, "api", "skip", "acme", "P", "ok"),
         (actor, "api", "pause", "acme", None, "ok"), (actor, "api", "resume", "acme", None, "ok"),
         (actor, "api", "retry_failed", "acme", "SO-A1", "ok"),
