@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import aiormq.abc
@@ -42,8 +43,9 @@ from daemon.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
-Start = Callable[[], int | str]
-"""Where the next consumer starts (`x-stream-offset`): asked at every (re)open."""
+Start = Callable[[], int | str | datetime]
+"""Where the next consumer starts (`x-stream-offset`: an offset, "first", or a time): asked
+at every (re)open."""
 
 
 class StreamTail:
@@ -51,8 +53,9 @@ class StreamTail:
 
     def __init__(self, connection: AbstractRobustConnection, queue: str,
                  on_delivery: aiormq.abc.ConsumerCallback, start: Start, *,
-                 prefetch: int) -> None:
+                 prefetch: int, what: str = "state") -> None:
         self._connection = connection
+        self._what = what  # the log lines' first word: `state.tail_lost`, `history.tail_lost`
         self._queue = queue
         self._on_delivery = on_delivery
         self._start = start
@@ -103,7 +106,7 @@ class StreamTail:
         await channel.basic_consume(self._queue, self._on_delivery,
                                     arguments={"x-stream-offset": start})
         self.opened += 1
-        log.info("state.tail_consuming", start=start, channel=channel.number,
+        log.info(f"{self._what}.tail_consuming", start=start, channel=channel.number,
                  consumers=self.opened)
 
     async def _keep(self) -> None:
@@ -112,13 +115,13 @@ class StreamTail:
         while True:
             if self._lost is not None:
                 why = await self._lost
-                log.warning("state.tail_lost", why=why, next_start=self._start())
+                log.warning(f"{self._what}.tail_lost", why=why, next_start=self._start())
             await self._drop()
             try:
                 await self._connection.ready()
                 await self._consume()
             except Exception as exc:  # refused, or the connection went again
-                log.warning("state.tail_not_resumed", attempt=attempt, error=repr(exc))
+                log.warning(f"{self._what}.tail_not_resumed", attempt=attempt, error=repr(exc))
                 await self._drop()
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
                 attempt += 1
