@@ -73,6 +73,7 @@ class HistoryWriter:
         self._stream = topo.history
         self._buffer: list[tuple[Any, ...]] = []
         self._channel: AbstractChannel | None = None
+        self._stopping = asyncio.Event()
         self._tasks = Tasks(part="history")
         self.dropped = 0  # entries not written (buffer full, or refused by the broker)
 
@@ -86,13 +87,15 @@ class HistoryWriter:
             self.dropped += 1
 
     async def start(self) -> None:
-        self._channel = await self._connection.channel(publisher_confirms=True)
+        # A batch the stream does not take (it was deleted, say) raises: logged, not lost unseen.
+        self._channel = await self._connection.channel(publisher_confirms=True,
+                                                       on_return_raises=True)
         self._tasks.spawn(self._run(), name="history.writer")
 
     async def stop(self) -> None:
-        """Stop the task and write what is buffered (once more, within the confirm time)."""
-        await self._tasks.stop()
-        await self.flush()
+        """Write what is buffered (its last flush, within the confirm time), then close."""
+        self._stopping.set()
+        await self._tasks.stop(CONFIRM_S + 1)
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(*CHANNEL_ERRORS, RuntimeError):
@@ -101,9 +104,13 @@ class HistoryWriter:
             log.warning("history.dropped", entries=self.dropped)
 
     async def _run(self) -> None:
+        """Flush every `FLUSH_S`, and once more when asked to stop."""
         while True:
-            await asyncio.sleep(FLUSH_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_S)
             await self.flush()
+            if self._stopping.is_set():  # (set even before the first turn: flushed all the same)
+                return
 
     async def flush(self) -> None:
         """Publish what is buffered, `MAX_BATCH` entries a message; log and drop a refusal."""
@@ -120,7 +127,8 @@ class HistoryWriter:
         channel = self._channel
         if channel is None:
             raise RuntimeError("the history writer is not started")
-        await channel.default_exchange.publish(aio_pika.Message(body), routing_key=self._stream)
+        await channel.default_exchange.publish(aio_pika.Message(body), routing_key=self._stream,
+                                               mandatory=True)
 
 
 class HistoryIndex:
