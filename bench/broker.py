@@ -94,7 +94,7 @@ async def delete_everything(
     """
     queues = {topo.client_queue(c) for c in ids} | listed("queues", topo.prefix) | set(others)
     queues |= {topo.state, topo.state_snapshot, topo.archive, topo.deadletter, topo.unrouted,
-               topo.unrouted_watch, topo.nonblocking, topo.events_log}
+               topo.unrouted_watch, topo.nonblocking, topo.events_log, topo.history}
     exchanges = listed("exchanges", topo.prefix) | set(others) | {
         topo.blocking, topo.unrouted, topo.nonblocking, topo.control, topo.events,
         topo.deadletter,

@@ -54,6 +54,8 @@ VARIANTS = {
     "log": Variant("log", EVENTS_OFF, "log"),
     # Neither: what the daemon costs beyond the raw consumer when it reports nothing per item.
     "bare": Variant("bare", EVENTS_OFF | NO_ITEM_LOG, "idle"),
+    # The defaults without the history of what ran (issue 16): what history costs.
+    "no-history": Variant("no-history", {"S2SQ_HISTORY": "false"}, "log"),
     # The defaults, with the non-blocking pool in one process per core (S2SQ_PROCESSES).
     "auto": Variant("auto", {"S2SQ_PROCESSES": "auto"}, "log"),
 }

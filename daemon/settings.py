@@ -140,6 +140,14 @@ class Settings(BaseSettings):
     # Off by default: on the blocking hot path one event per item halves
     # throughput (bench/RESULTS.md); park, failure and admin events always go out.
     succeeded_events: bool = False
+    # The history of what ran (daemon/core/history.py): every outcome goes, in batches,
+    # to the `<prefix>.history` stream, kept `history_max_age` seconds and at most
+    # `history_max_bytes` (fixed when the stream is made, like the state log's);
+    # each replica keeps the last `history_per_client` entries of every client in memory.
+    history: bool = True
+    history_max_age: float = Field(7 * 86_400, ge=1)
+    history_max_bytes: int = Field(1_000_000_000, ge=1_000_000)
+    history_per_client: int = Field(200, ge=1, le=1000)
 
     @field_validator("nonblocking_retry_delays", "notify_retry_delays")
     @classmethod
@@ -178,7 +186,9 @@ class Settings(BaseSettings):
                         self.state_retention, self.state_segment_bytes,
                         self.quorum_initial_group_size,
                         events_log_retention_s=self.events_log_retention,
-                        events_log_max_bytes=self.events_log_max_bytes)
+                        events_log_max_bytes=self.events_log_max_bytes,
+                        history_max_age_s=self.history_max_age,
+                        history_max_bytes=self.history_max_bytes)
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:

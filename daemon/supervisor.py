@@ -39,6 +39,7 @@ from daemon.core.blocking import BlockingConsumer
 from daemon.core.event_log import EventLog
 from daemon.core.events import Events
 from daemon.core.failed import FailedStore
+from daemon.core.history import history_parts
 from daemon.core.metrics import ItemMetrics, Samples
 from daemon.core.nonblocking import NonBlockingPool
 from daemon.core.outbox import Outbox
@@ -244,19 +245,21 @@ class Supervisor:
         # One session for every client's calls: it must keep no cookies, or one
         # merchant's shop would get the cookies another's set on the same host.
         async with aiohttp.ClientSession(timeout=timeout,
-                                         cookie_jar=aiohttp.DummyCookieJar()) as http:
+                                         cookie_jar=aiohttp.DummyCookieJar()) as http, \
+                history_parts(connection, self.settings, index=True) as (history, index):
             context = HandlerContext(lambda: self.clients, http, settings=self.settings)
             outbox = self.outbox = Outbox(connection, self.settings, self.topo, state,
                                           lambda: self.clients, http, events)
             self._rt = Runtime(self.settings, self.topo, self._handlers, context, events,
                                state, outbox, confirm, self.replica,
                                ItemMetrics(self._handlers))
-            self._outcomes = Outcomes(self._rt)
+            self._outcomes = Outcomes(self._rt, history)
             self._failed = FailedStore(state, self.topo, self._rt.publish_confirmed,
                                        self._outcomes, self.replica)
             self._ops = Operations(self._rt, consumers=self.consumers, failed=self._failed,
                                    outcomes=self._outcomes, depth_cache=self.depth_cache,
-                                   connection=connection, register=self.register)
+                                   connection=connection, register=self.register,
+                                   history=index)
             await state.start()
             await outbox.start()
             try:

@@ -55,6 +55,7 @@ from common.clients import ClientConfig, ClientsFileError, load_clients_file
 from daemon import logs
 from daemon.broker.brokers import connect_robust
 from daemon.core.events import Events
+from daemon.core.history import history_parts
 from daemon.core.metrics import (
     ItemMetrics,
     Samples,
@@ -261,8 +262,8 @@ class PoolWorker:
             connection = await connect_robust(self.settings.amqp_urls,
                                               f"s2s-queue {self.replica}", reconnect_interval=1)
             await stack.enter_async_context(connection)
-            rt = await stack.enter_async_context(self._runtime(connection, handlers))
-            pool = NonBlockingPool(connection, rt, Outcomes(rt))
+            rt, outcomes = await stack.enter_async_context(self._runtime(connection, handlers))
+            pool = NonBlockingPool(connection, rt, outcomes)
             await pool.start()
             log.info("worker.ready", worker=self.slot, replica=self.replica)
             report = await stack.enter_async_context(_Reports(ready_fd))
@@ -287,7 +288,7 @@ class PoolWorker:
 
     @asynccontextmanager
     async def _runtime(self, connection: AbstractRobustConnection,
-                       handlers: dict[str, Handler]) -> AsyncIterator[Runtime]:
+                       handlers: dict[str, Handler]) -> AsyncIterator[tuple[Runtime, Outcomes]]:
         settings, topo = self.settings, self.topo
         state = StateLog(connection, topo, self.replica,
                          snapshot_every=settings.state_snapshot_every)
@@ -296,7 +297,8 @@ class PoolWorker:
         confirm = await connection.channel(publisher_confirms=True, on_return_raises=True)
         timeout = aiohttp.ClientTimeout(total=settings.handler_timeout)
         async with aiohttp.ClientSession(timeout=timeout,
-                                         cookie_jar=aiohttp.DummyCookieJar()) as http:
+                                         cookie_jar=aiohttp.DummyCookieJar()) as http, \
+                history_parts(connection, settings, index=False) as (history, _):
             context = HandlerContext(lambda: self.clients, http, settings=settings)
             outbox = Outbox(connection, settings, topo, state, lambda: self.clients, http,
                             events)
@@ -305,7 +307,7 @@ class PoolWorker:
             await state.start()
             await outbox.start(consume=False)
             try:
-                yield rt
+                yield rt, Outcomes(rt, history)
             finally:
                 await outbox.stop(settings.shutdown_timeout)
                 await state.stop()

@@ -328,7 +328,7 @@ async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
               for target in (topo.nonblocking, topo.notify, topo.notify_send)]
     for name in (*delays, topo.unrouted, topo.unrouted_watch, topo.nonblocking,
                  topo.deadletter, topo.archive, topo.state, topo.leader, topo.state_snapshot,
-                 topo.notify, topo.notify_send, topo.events_log):
+                 topo.notify, topo.notify_send, topo.events_log, topo.history):
         async with connection.channel() as channel:
             with suppress(Exception):
                 await channel.queue_delete(name)

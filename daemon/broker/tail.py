@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import aiormq.abc
@@ -42,8 +43,9 @@ from daemon.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
-Start = Callable[[], int | str]
-"""Where the next consumer starts (`x-stream-offset`): asked at every (re)open."""
+Start = Callable[[], int | str | datetime]
+"""Where the next consumer starts (`x-stream-offset`: an offset, "first", or a time): asked
+at every (re)open."""
 
 
 class StreamTail:

@@ -19,6 +19,7 @@ start-up, and a client queue whenever its client is registered.
 | `<p>.events.log`             | stream bound `#` to it: the events, replayable (SSE ids) |
 | `<p>.state`                  | stream: the state log (docs/parking.md)                 |
 | `<p>.state.snapshot`         | queue of one: where the latest snapshot starts          |
+| `<p>.history`                | stream: what ran, per client (daemon/core/history.py)   |
 | `<p>.archive`                | queue: skipped items, with who skipped them and why     |
 | `<p>.deadletter`             | fanout exchange + queue: items over the delivery limit  |
 | `<p>.leader`                 | queue, single active consumer: elects the replica that  |
@@ -59,6 +60,8 @@ class Topology:
     quorum_initial_group_size: int | None = None
     events_log_retention_s: float = 3_600
     events_log_max_bytes: int = 100_000_000
+    history_max_age_s: float = 7 * 86_400
+    history_max_bytes: int = 1_000_000_000
 
     def queue_type_arguments(self) -> dict[str, Any]:
         """`x-queue-type`, and on quorum queues the replica count when one is set.
@@ -241,6 +244,19 @@ class Topology:
         return {"x-queue-type": "stream", "x-max-age": max_age(self.state_retention_s),
                 "x-stream-max-segment-size-bytes": self.state_segment_bytes}
 
+    @property
+    def history(self) -> str:
+        return f"{self.prefix}.history"
+
+    def history_stream_arguments(self) -> dict[str, Any]:
+        """What ran is an announcement: kept by age and by size, whichever ends first.
+
+        Retention drops whole segments, so they are small (16 MB) next to the size cap.
+        """
+        return {"x-queue-type": "stream", "x-max-age": max_age(self.history_max_age_s),
+                "x-max-length-bytes": self.history_max_bytes,
+                "x-stream-max-segment-size-bytes": min(16_000_000, self.history_max_bytes)}
+
     def snapshot_queue_arguments(self) -> dict[str, Any]:
         """One message: the latest snapshot; a new one pushes the old out."""
         return {**self.queue_type_arguments(), "x-max-length": 1, "x-overflow": "drop-head"}
@@ -316,6 +332,24 @@ async def declare_events_log(connection: AbstractConnection, topo: Topology) -> 
         await queue.bind(topo.events, routing_key="#")
     finally:
         await channel.close()
+
+
+async def declare_history_stream(connection: AbstractConnection, topo: Topology) -> None:
+    """Declare `<p>.history`; keep an existing one whose retention arguments differ.
+
+    A stream's arguments are fixed when it is made (a policy changes them later),
+    and a declaration with other ones fails its channel: tried on a channel of its own.
+    """
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_queue(topo.history, durable=True,
+                                    arguments=topo.history_stream_arguments())
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        log.warning("history.stream_arguments_differ", stream=topo.history,
+                    wanted=topo.history_stream_arguments(), error=str(exc))
+    finally:
+        if not channel.is_closed:
+            await channel.close()
 
 
 async def declare_delay_queues(

@@ -3,7 +3,8 @@
 The parking module and the non-blocking pool decide what happened to an
 item; this module says it, the same way every time. Events and the log are
 announcements, not state: what must last is in the state log before any of
-these run (docs/parking.md).
+these run (docs/parking.md). The history of what ran (`daemon.core.history`)
+is fed here too, when it is on: a list append per outcome, nothing awaited.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 from common.clock import utcnow
 from daemon import logs
 from daemon.broker.errors import CHANNEL_ERRORS
+from daemon.core import history
 from daemon.core.items import Parsed
 from daemon.core.metrics import FAILED_FINAL, FAILED_TRANSIENT, SKIPPED, SUCCEEDED, UNROUTED
 from daemon.core.notifications import Failure, Resumed
@@ -27,8 +29,9 @@ log = structlog.get_logger()
 class Outcomes:
     """Reports items' outcomes for one daemon."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, writer: history.HistoryWriter | None = None) -> None:
         self._rt = rt
+        self._history = writer  # None: S2SQ_HISTORY is off
 
     async def succeeded(self, parsed: Parsed, attempts: int, started: float) -> None:
         """The one log line (and, if asked for, the event) of an item that succeeded."""
@@ -38,6 +41,9 @@ class Outcomes:
         logs.hot_info("item.succeeded", client_id=item.client_id, message_id=item.message_id,
                       type=item.type, queue=item.queue, attempts=attempts,
                       duration_ms=duration_ms)
+        if self._history is not None:
+            self._history.add(item.client_id, item.message_id, item.type, history.SUCCEEDED,
+                              attempts, duration_ms, None)
         if rt.settings.succeeded_events:
             await rt.events.publish(
                 "item.succeeded", client_id=item.client_id, message_id=item.message_id,
@@ -50,6 +56,9 @@ class Outcomes:
         self._rt.metrics.count(item.type, item.queue, FAILED_TRANSIENT)
         log.info("item.attempt_failed", client_id=item.client_id, message_id=item.message_id,
                  type=item.type, queue=item.queue, attempt=attempt, error=error)
+        if self._history is not None:
+            self._history.add(item.client_id, item.message_id, item.type, history.FAILED,
+                              attempt, None, error)
         await self._rt.events.publish(
             "item.failed", client_id=item.client_id, message_id=item.message_id,
             type_=item.type, queue=item.queue, error=error, attempt=attempt, final=False,
@@ -64,6 +73,9 @@ class Outcomes:
         scope, mid = record.client_id, record.message_id
         log.warning("item.failed", client_id=scope, message_id=mid, type=record.type,
                     queue="nonblocking", attempts=record.attempts, error=record.error)
+        if self._history is not None:
+            self._history.add(scope, mid, record.type, history.FAILED, record.attempts, None,
+                              record.error)
         await self._rt.events.publish("item.failed", client_id=scope, message_id=mid,
                                       type_=record.type, queue="nonblocking",
                                       error=record.error, attempt=record.attempts, final=True)
@@ -74,6 +86,9 @@ class Outcomes:
         log.warning("item.parked", client_id=park.client_id, message_id=park.message_id,
                     type=park.type, queue="blocking", attempts=park.attempts, error=park.error,
                     repeated=repeated, gone=park.gone)
+        if self._history is not None and not park.gone:  # a gone item did not run here
+            self._history.add(park.client_id, park.message_id, park.type, history.FAILED,
+                              park.attempts, None, park.error)
 
     def still_parked(self, park: Parked) -> None:
         log.info("item.still_parked", client_id=park.client_id, message_id=park.message_id,
@@ -132,6 +147,8 @@ class Outcomes:
         self._rt.metrics.count(type_, queue, SKIPPED)
         log.info("item.skipped", client_id=client_id, message_id=message_id, type=type_,
                  queue=queue, actor=actor, reason=reason)
+        if self._history is not None:
+            self._history.add(client_id, message_id, type_, history.SKIPPED, None, None, None)
         await self._rt.events.publish("item.skipped", client_id=client_id, message_id=message_id,
                                       type_=type_, queue=queue, actor=actor, reason=reason)
 

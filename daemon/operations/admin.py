@@ -23,6 +23,7 @@ from daemon.broker.depths import DepthCache, queue_depths
 from daemon.broker.producer import NoAnswer, send_control
 from daemon.core.blocking import BlockingConsumer
 from daemon.core.failed import FailedStore, UnknownItem
+from daemon.core.history import HistoryIndex
 from daemon.core.outcomes import Outcomes
 from daemon.core.parking import OperationError, UnknownClient
 from daemon.core.records import Audited, Failed, Paused, Resumed
@@ -30,6 +31,7 @@ from daemon.core.runtime import Runtime
 from daemon.core.unrouted import browse_unrouted, unrouted_client
 from daemon.operations.audit import AuditQuery, audit_page
 from daemon.operations.groups import Group, Kind, Member, UnknownGroup, find, group, item_ids
+from daemon.operations.history import HistoryQuery
 from daemon.operations.listing import ClientsQuery, page_after
 
 Register = Callable[[str, str, str | None], Awaitable[bool]]
@@ -65,8 +67,10 @@ class Operations:
 
     def __init__(self, rt: Runtime, *, consumers: Mapping[str, BlockingConsumer],
                  failed: FailedStore, outcomes: Outcomes, depth_cache: DepthCache,
-                 connection: AbstractRobustConnection, register: Register) -> None:
+                 connection: AbstractRobustConnection, register: Register,
+                 history: HistoryIndex | None = None) -> None:
         self._rt = rt
+        self._history = history  # None: S2SQ_HISTORY is off
         self._consumers = consumers  # the supervisor's: it adds a client's as it starts
         self._store = failed
         self._outcomes = outcomes
@@ -101,6 +105,15 @@ class Operations:
         if consumer is None:
             raise UnknownClient(f"client {client_id!r} is not registered")
         return consumer
+
+    def history(self, client_id: str, query: HistoryQuery) -> dict[str, Any]:
+        """A page of what ran for the client, newest first (daemon/core/history.py)."""
+        self._consumer(client_id)
+        if self._history is None:
+            raise OperationError("the history of what ran is off on this daemon"
+                                 " (S2SQ_HISTORY=false)")
+        items, after = self._history.page(client_id, query.limit, query.before)
+        return {"items": items, "next": after}
 
     def holds_park(self, client_id: str) -> bool:
         """True if this replica holds the client's parked item."""

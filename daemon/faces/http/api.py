@@ -30,6 +30,7 @@ from daemon.operations.admin import (
 from daemon.operations.audit import as_csv, audit_query
 from daemon.operations.groups import Kind, groups_query
 from daemon.operations.groups import page as groups_page
+from daemon.operations.history import history_query
 from daemon.operations.listing import BadQuery, clients_query
 
 log = structlog.get_logger()
@@ -150,6 +151,16 @@ async def list_clients(request: web.Request) -> web.Response:
 
 async def get_client(request: web.Request) -> web.Response:
     return json_response(await face_of(request).ops.client(_visible_client(request)))
+
+
+async def client_history(request: web.Request) -> web.Response:
+    """What ran for the client, newest first, `?limit=&before=` (daemon/core/history.py)."""
+    client_id = _visible_client(request)
+    try:
+        query = history_query(request.query)
+    except BadQuery as exc:
+        return error(400, str(exc))
+    return json_response(face_of(request).ops.history(client_id, query))
 
 
 async def register_client(request: web.Request) -> web.Response:
@@ -325,6 +336,7 @@ def build_app(face: Face) -> web.Application:
     app.router.add_get("/api/v1/clients", list_clients)
     app.router.add_post("/api/v1/clients", register_client)
     app.router.add_get("/api/v1/clients/{client_id}", get_client)
+    app.router.add_get("/api/v1/clients/{client_id}/history", client_history)
     app.router.add_post("/api/v1/clients/{client_id}/{action}", client_action)
     app.router.add_get("/api/v1/failed", list_failed)
     app.router.add_post("/api/v1/failed/{message_id}/{action}", failed_action)

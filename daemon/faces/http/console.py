@@ -45,6 +45,7 @@ from daemon.operations.admin import OperationError, UnknownClient, UnknownItem
 from daemon.operations.audit import AUDIT_LIMIT, AuditQuery, audit_query
 from daemon.operations.groups import GroupsQuery, Kind, find, groups_query
 from daemon.operations.groups import page as groups_page_of
+from daemon.operations.history import HISTORY_LIMIT, history_query
 from daemon.operations.listing import CLIENTS_LIMIT, BadQuery, clients_query
 
 log = structlog.get_logger()
@@ -269,6 +270,37 @@ async def client_page(request: web.Request, session: Session) -> web.StreamRespo
     return _view(request, session, "client.html.j2", client=client,
                  name=config.name if config else "", failed=len(ops.failed(client_id)),
                  audit=recent)
+
+
+@page
+async def history_page(request: web.Request, session: Session) -> web.StreamResponse:
+    """What ran for a client, newest first, with the API's `?limit=&before=`."""
+    client_id = _visible(session.identity, request.match_info["client_id"])
+    face = face_of(request)
+    try:
+        query = history_query(request.query)
+    except BadQuery as exc:
+        return render(request, "error.html.j2", 400, session=session, title="Bad address",
+                      message=f"{exc}.", csrf=_csrf(request, session))
+    try:
+        listing = face.ops.history(client_id, query)
+    except UnknownClient:
+        raise
+    except OperationError as exc:  # the history is off
+        return render(request, "error.html.j2", 409, session=session, title="No history",
+                      message=f"{exc}.", csrf=_csrf(request, session))
+    older = listing["next"]
+    return _view(request, session, "history.html.j2", client_id=client_id,
+                 items=listing["items"], keep=face.settings.history_per_client,
+                 newest=_history_link(client_id, query.limit) if query.before else None,
+                 older=_history_link(client_id, query.limit, older) if older else None)
+
+
+def _history_link(client_id: str, limit: int, before: str | None = None) -> str:
+    """A client's history page with `limit` entries a page, before `before`."""
+    values = {"limit": None if limit == HISTORY_LIMIT else str(limit), "before": before}
+    query = urlencode({k: v for k, v in values.items() if v})
+    return f"/clients/{segment(client_id)}/history" + (f"?{query}" if query else "")
 
 
 @page
@@ -500,6 +532,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/logout", logout)
     app.router.add_get("/clients", clients_page)
     app.router.add_get("/clients/{client_id}", client_page)
+    app.router.add_get("/clients/{client_id}/history", history_page)
     app.router.add_post("/clients/{client_id}/{action}", client_action)
     app.router.add_get("/failed", failed_page)
     app.router.add_post("/failed/action", failed_action)
