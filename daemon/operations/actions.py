@@ -167,6 +167,8 @@ async def perform(ops: Operations, name: str, request: Request) -> dict[str, Any
     if action.on == "failed" and request.message_id and not client_id:
         item = ops.failed_item(request.message_id)  # whose item it is, while it is there
         client_id = item.client_id if item is not None else None
+    if action.forwarded and request.forward and client_id and not ops.holds_park(client_id):
+        await ops.sync()  # a park another replica holds may not have been read here yet
     forwarded = action.forwarded and request.forward and bool(client_id) and ops.forwards(
         client_id or "")
     asked = Audited(actor=request.actor, via=request.via, action=name, client_id=client_id,

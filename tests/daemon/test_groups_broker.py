@@ -69,6 +69,7 @@ async def test_failed_orders_refused_for_one_reason_are_one_group_retried_at_onc
                               {"reason": "the warehouse has it already"})
         await amqp.wait_event("item.skipped", "acme")
         again = await _call(base, "POST", f"/api/v1/failed/groups/{g422}/retry")
+        await sup.state.sync()  # audit records are appended, not read back: read them here
         audit = await _call(base, "GET", "/api/v1/audit")
     archived = await amqp.queue_messages(amqp.topo.archive)
 

@@ -8,23 +8,19 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import Browser, expect
 
-from tests.e2e.test_console_browser import (
-    ACME_TOKEN,
-    ADMIN_TOKEN,
-    _base,
-    _login,
-    _shot,
-    browser,  # noqa: F401 (a fixture)
-    console_settings,  # noqa: F401 (a fixture)
-    pytestmark,  # noqa: F401 (chromium, or skip; the timeout)
-)
+from tests.console import ACME_TOKEN, ADMIN_TOKEN, MARKS
+from tests.console import base_url as _base
+from tests.console import login as _login
+from tests.console import shot as _shot
 from tests.support import Broker, FakeShop, running, wait_until
+
+pytestmark = MARKS
 
 ROW = ("When (UTC)", "Who", "Via", "Action", "Client", "Item", "Reason", "Outcome")
 
 
 async def test_a_retry_from_the_console_appears_on_the_audit_page_with_who_and_how(
-    console_settings, amqp: Broker, shop: FakeShop, browser: Browser  # noqa: F811
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
 ):
     """The admin retries acme's parked item; /audit lists it first: admin, console, retry,
     acme, X, the reason, succeeded; acme's page shows it among its recent actions."""
@@ -63,7 +59,7 @@ async def test_a_retry_from_the_console_appears_on_the_audit_page_with_who_and_h
 
 
 async def test_a_client_token_sees_only_its_own_clients_entries(
-    console_settings, amqp: Broker, browser: Browser  # noqa: F811
+    console_settings, amqp: Broker, browser: Browser
 ):
     """acme's token: /audit shows acme's entries, none of globex's; asking for globex is
     "not found"."""
@@ -89,7 +85,7 @@ async def test_a_client_token_sees_only_its_own_clients_entries(
 
 @pytest.mark.parametrize("query", ["limit=0", "before=last"])
 async def test_a_bad_address_is_a_400_page_naming_the_parameter(
-    console_settings, amqp: Broker, browser: Browser, query  # noqa: F811
+    console_settings, amqp: Broker, browser: Browser, query
 ):
     base = _base(console_settings)
     async with running(console_settings):

@@ -1,21 +1,16 @@
-"""The web console in headless Chromium (Debian's), driven by Playwright, against a real daemon.
-
-Set S2SQ_SCREENSHOTS=docs/console to save the screenshots committed under docs/.
-"""
+"""The web console in headless Chromium (Debian's), driven by Playwright, against a real daemon
+(tests/console.py and tests/e2e/conftest.py: what the console's browser tests share)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from tests.console import ACME_TOKEN, ADMIN_TOKEN, MARKS
+from tests.console import base_url as _base
+from tests.console import login as _login
+from tests.console import shot as _shot
 from tests.support import (
     Broker,
     FakeShop,
@@ -27,53 +22,7 @@ from tests.support import (
     wait_until,
 )
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-                       reason="Debian's chromium is not installed (make test installs it)"),
-]
-ADMIN_TOKEN = "admin-token"
-ACME_TOKEN = "acme-console-token"
-SHOTS = os.environ.get("S2SQ_SCREENSHOTS")  # Playwright makes the folder
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@pytest.fixture
-def console_settings(prefix, tmp_path, shop: FakeShop):
-    digest = hashlib.sha256(ACME_TOKEN.encode()).hexdigest()
-    path = tmp_path / "clients.toml"
-    path.write_text(clients_toml(shop.url, ["acme", "globex"],
-                                 acme=f'console_token_sha256 = "{digest}"'))
-    return settings_for(prefix, tmp_path, clients_file=path, http_port=free_port(),
-                        admin_token=ADMIN_TOKEN, nonblocking_retry_delays="0.3")
-
-
-async def _login(browser: Browser, base: str, token: str) -> Page:
-    page = await (await browser.new_context(viewport={"width": 1200, "height": 900})).new_page()
-    await page.goto(base + "/clients")
-    await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
-    await page.get_by_label("Your access token").fill(token)
-    await page.get_by_role("button", name="Log in").click()
-    return page
-
-
-async def _shot(page: Page, name: str) -> None:
-    if SHOTS:
-        await page.screenshot(path=f"{SHOTS}/{name}.png", full_page=True)
-
-
-def _base(settings: Any) -> str:
-    return f"http://127.0.0.1:{settings.http_port}"
+pytestmark = MARKS
 
 
 async def test_admin_retries_a_parked_client_then_skips_an_item_with_a_reason(

@@ -6,17 +6,13 @@ from __future__ import annotations
 from playwright.async_api import Browser, expect
 
 from daemon.supervisor import Supervisor
-from tests.e2e.test_console_browser import (  # the browser and settings fixtures, shared
-    ACME_TOKEN,
-    ADMIN_TOKEN,
-    _base,
-    _login,
-    _shot,
-    browser,  # noqa: F401 (a fixture)
-    console_settings,  # noqa: F401 (a fixture)
-    pytestmark,  # noqa: F401 (the same timeout and chromium check)
-)
+from tests.console import ACME_TOKEN, ADMIN_TOKEN, MARKS
+from tests.console import base_url as _base
+from tests.console import login as _login
+from tests.console import shot as _shot
 from tests.support import Broker, FakeShop, running, wait_until
+
+pytestmark = MARKS
 
 SHOP = '{"message":"sku rejected by the shop"}'
 
@@ -30,7 +26,7 @@ async def _fail_one_by_one(sup: Supervisor, amqp: Broker, orders: list[tuple[str
 
 
 async def test_admin_retries_a_group_of_failed_orders_and_skips_a_group_of_parks(
-    console_settings, amqp: Broker, shop: FakeShop, browser: Browser  # noqa: F811
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
 ):
     """Three orders of two clients refused alike are one row; "Retry all…" and a confirmation
     send all three back; on the parked tab the clients parked alike are skipped with a reason."""
@@ -78,7 +74,7 @@ async def test_admin_retries_a_group_of_failed_orders_and_skips_a_group_of_parks
 
 
 async def test_a_client_sees_and_retries_only_its_own_items_of_a_group(
-    console_settings, amqp: Broker, shop: FakeShop, browser: Browser  # noqa: F811
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
 ):
     """acme's token: the group counts acme's two orders, names no other client, and retrying
     it leaves globex's order failed; globex's group address is not found."""

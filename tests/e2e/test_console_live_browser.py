@@ -2,50 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
+from playwright.async_api import Browser, Page, expect
 
-import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from tests.console import ACME_TOKEN, ADMIN_TOKEN, MARKS
+from tests.console import base_url as _base
+from tests.support import Broker, FakeShop, running
 
-from tests.support import Broker, FakeShop, clients_toml, free_port, running, settings_for
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-                       reason="Debian's chromium is not installed (make test installs it)"),
-]
-ADMIN_TOKEN = "admin-token"
-ACME_TOKEN = "acme-console-token"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@pytest.fixture
-def console_settings(prefix, tmp_path, shop: FakeShop):
-    digest = hashlib.sha256(ACME_TOKEN.encode()).hexdigest()
-    path = tmp_path / "clients.toml"
-    path.write_text(clients_toml(shop.url, ["acme", "globex"],
-                                 acme=f'console_token_sha256 = "{digest}"'))
-    return settings_for(prefix, tmp_path, clients_file=path, http_port=free_port(),
-                        admin_token=ADMIN_TOKEN)
-
-
-def _base(settings: Any) -> str:
-    return f"http://127.0.0.1:{settings.http_port}"
+pytestmark = MARKS
 
 
 async def _login(browser: Browser, base: str, token: str, *,
