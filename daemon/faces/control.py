@@ -78,6 +78,11 @@ def parse_control(body: bytes, user_id: str | None) -> tuple[str, dict[str, Any]
     if via not in VIAS:
         raise OperationError(f"via must be one of {', '.join(VIAS)}")
     args["via"] = via
+    forwarded = data.get("forwarded", False)
+    if not isinstance(forwarded, bool):
+        raise OperationError("forwarded must be true or false")
+    if forwarded:  # sent on by a replica that saw the park held elsewhere (Operations)
+        args["forwarded"] = True
     return action, args
 
 
@@ -138,7 +143,8 @@ class Control:
             return {"ok": False, "error": str(exc)} if self._leadership.is_leader else None
         if op:
             args["op"] = op
-        if not await self._answers(action, args.get("client_id")):
+        forwarded = args.pop("forwarded", False)
+        if not await self._answers(action, args.get("client_id"), forwarded):
             return None
         try:
             result = await self.dispatch(action, args)
@@ -150,18 +156,22 @@ class Control:
             return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
         return {"ok": True, **result}
 
-    async def _answers(self, action: str, client_id: str | None) -> bool:
+    async def _answers(self, action: str, client_id: str | None,
+                       forwarded: bool = False) -> bool:
         """Whether this replica acts on and answers the message (exactly one replica does).
 
         The replica holding a parked item answers `retry`/`skip` for it; the
         leader answers everything else, and says "not parked" only after
-        reading the state log up to now finds no park held elsewhere.
+        reading the state log up to now finds no park held elsewhere. A request
+        another replica `forwarded` to the holder is the holder's alone: the
+        leader, reading the log after the holder acted, would say "not parked"
+        beside the holder's answer (and the audit would keep both).
         """
         known = ACTIONS.get(action)
         if known is not None and known.forwarded and client_id:
             if self._ops.holds_park(client_id):
                 return True
-            if not self._leadership.is_leader:
+            if forwarded or not self._leadership.is_leader:
                 return False
             await self._ops.sync()
             return not self._ops.parked_anywhere(client_id)

@@ -160,7 +160,7 @@ class Operations:
         """Another replica holds the parked item: ask it through a control message (it
         audits the action, under the face that asked here)."""
         request = {"action": action, "client_id": client_id, "actor": actor,
-                   "message_id": message_id, "reason": reason, "via": via}
+                   "message_id": message_id, "reason": reason, "via": via, "forwarded": True}
         timeout = 10.0 + self._rt.settings.handler_timeout
         try:
             answer = await send_control(self._connection, self._rt.topo,

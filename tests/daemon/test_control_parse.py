@@ -39,6 +39,8 @@ from daemon.operations.admin import OperationError
         ),
         pytest.param(b'{"action": "pause", "client_id": "a", "via": "email"}',
                      "via must be one of console, api, cli, control", id="via"),
+        pytest.param(b'{"action": "retry", "client_id": "a", "forwarded": "yes"}',
+                     "forwarded must be true or false", id="forwarded"),
         pytest.param(b'{"action": "pause", "client_id": "a", "via": null}',
                      "via must be one of console, api, cli, control", id="null-via"),
     ],

@@ -25,6 +25,35 @@ async def _fail_one_by_one(sup: Supervisor, amqp: Broker, orders: list[tuple[str
                          f"{n} failed orders")
 
 
+async def test_a_wave_of_thirty_failures_is_one_group_retried_once_from_the_console(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """An ERP refuses 30 orders of two clients alike: the Groups page shows them as one row
+    of 30, and one "Retry all…" with its confirmation sends all 30 back to run."""
+    wave = [("acme" if n % 2 else "globex", f"W{n:02}") for n in range(30)]
+    shop.script.update({order: [422] for _, order in wave})
+    base = _base(console_settings)
+    async with running(console_settings) as sup:
+        for client, order in wave:
+            await amqp.order(client, order)
+        await wait_until(lambda: len(sup.ops.failed()) == 30, 30, "thirty failed orders")
+        page = await _login(browser, base, ADMIN_TOKEN)
+        await page.get_by_role("link", name="Groups").click()
+        rows = page.get_by_role("row").filter(has_text="order.add_to_source")
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator("td").first).to_have_text("30")
+        await rows.get_by_role("button", name="Retry all…").click()
+        await expect(page.get_by_role("heading", name="Retry 30 items of 2 clients?")) \
+            .to_be_visible()
+        await page.get_by_role("button", name="Yes, retry all").click()
+        await expect(page.get_by_role("status")).to_contain_text("(30 items).")
+        await wait_until(lambda: sorted(set(shop.skus())) == sorted(o for _, o in wave), 30,
+                         "every order of the wave to run again")
+        await wait_until(lambda: sup.ops.failed() == [], 15, "the failed store to empty")
+    assert sorted(e["message_id"] for e in amqp.named("item.succeeded")) == sorted(
+        o for _, o in wave)
+
+
 async def test_admin_retries_a_group_of_failed_orders_and_skips_a_group_of_parks(
     console_settings, amqp: Broker, shop: FakeShop, browser: Browser
 ):

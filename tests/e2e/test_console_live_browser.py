@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from typing import Any
+
 from playwright.async_api import Browser, Page, expect
 
 from tests.console import ACME_TOKEN, ADMIN_TOKEN, MARKS
 from tests.console import base_url as _base
-from tests.support import Broker, FakeShop, running
+from tests.support import ROOT, Broker, FakeShop, running
 
 pytestmark = MARKS
+
+
+async def _cli(settings: Any, *argv: str) -> tuple[int, str]:
+    """`s2s-queue ARGV` in its own process, as an operator types it: exit code, stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("S2SQ_")}
+    env.update(S2SQ_PREFIX=settings.prefix, S2SQ_AMQP_URL=settings.amqp_url.get_secret_value())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", *argv, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
 
 
 async def _login(browser: Browser, base: str, token: str, *,
@@ -69,8 +85,8 @@ async def test_a_parked_clients_page_shows_it_running_once_skipped_elsewhere(
 async def test_the_clients_page_follows_a_retry_and_keeps_the_last_actions_outcome(
     console_settings, amqp: Broker, shop: FakeShop, browser: Browser
 ):
-    """The admin pauses globex in the console, then acme is retried by control message:
-    acme's row turns from parked to running in place, and the pause's outcome stays."""
+    """The admin pauses globex in the console, then acme is retried from the CLI: acme's row
+    turns from parked to running in place, and the pause's outcome stays."""
     async with running(console_settings):
         await _park_acme(amqp, shop)
         base = _base(console_settings)
@@ -87,8 +103,8 @@ async def test_the_clients_page_follows_a_retry_and_keeps_the_last_actions_outco
                             " '<div class=\"flash flash-ok\" role=\"status\">kept</div>')")
         await _live(page)
         shop.always.pop("X")
-        answer = await amqp.control(action="retry", client_id="acme")
-        assert (answer["ok"], answer.get("outcome")) == (True, "succeeded"), answer
+        code, out = await _cli(console_settings, "retry", "acme", "--reason", "shop is back")
+        assert (code, '"outcome": "succeeded"' in out) == (0, True), out
         await expect(row).to_contain_text("running")
         await expect(row).not_to_contain_text("HTTP 422")
         await expect(page.get_by_role("status")).to_have_text("kept")
