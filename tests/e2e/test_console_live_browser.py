@@ -62,20 +62,20 @@ async def _park_acme(amqp: Broker, shop: FakeShop) -> None:
     await amqp.wait_event("client.parked", "acme")
 
 
-async def test_a_parked_clients_page_shows_it_running_once_skipped_elsewhere(
+async def test_a_parked_clients_page_shows_it_running_once_retried_from_the_cli(
     console_settings, amqp: Broker, shop: FakeShop, browser: Browser
 ):
     """acme's own page, open in acme's console, loses its parked box and says running when
-    an admin skips the item by control message (the CLI's way); no reload, no error."""
+    an admin retries the item from the CLI and it succeeds; no reload, no error."""
     async with running(console_settings):
         await _park_acme(amqp, shop)
         page, errors = await _login(browser, _base(console_settings), ACME_TOKEN)
         await expect(page.get_by_role("heading", name="Parked item")).to_be_visible()
         await expect(page.locator("h1 .state")).to_have_text("parked")
         await _live(page)
-        answer = await amqp.control(action="skip", client_id="acme", message_id="X",
-                                    reason="bad data")
-        assert answer["ok"], answer
+        shop.always.pop("X")  # the shop is fixed
+        code, out = await _cli(console_settings, "retry", "acme", "--message-id", "X")
+        assert (code, '"outcome": "succeeded"' in out) == (0, True), out
         await expect(page.get_by_role("heading", name="Parked item")).to_have_count(0)
         await expect(page.locator("h1 .state")).to_have_text("running")
         assert await _not_reloaded(page)
