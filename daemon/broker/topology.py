@@ -312,21 +312,29 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     )
 
 
-async def declare_events_log(connection: AbstractConnection, topo: Topology) -> None:
-    """Declare the events log and bind it to the events exchange (after `declare_topology`).
+async def declare_stream(connection: AbstractConnection, name: str, arguments: dict[str, Any],
+                         differ: str) -> None:
+    """Declare the stream `name`; keep an existing one whose retention arguments differ.
 
-    Like the state log, a stream declared before with other retention arguments
-    is kept (a policy changes them; a declaration with other ones fails its
-    channel with PRECONDITION_FAILED, so it is tried on a channel of its own).
+    A stream's arguments are fixed when it is made (a policy changes them later),
+    and a declaration with other ones fails its channel with PRECONDITION_FAILED:
+    so it is tried on a channel of its own, and `differ` is logged instead.
     """
     channel = await connection.channel(publisher_confirms=False)
     try:
-        await channel.declare_queue(topo.events_log, durable=True,
-                                    arguments=topo.events_log_arguments())
+        await channel.declare_queue(name, durable=True, arguments=arguments)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        log.warning("events.log_arguments_differ", stream=topo.events_log,
-                    wanted=topo.events_log_arguments(), error=str(exc))
-        channel = await connection.channel(publisher_confirms=False)
+        log.warning(differ, stream=name, wanted=arguments, error=str(exc))
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def declare_events_log(connection: AbstractConnection, topo: Topology) -> None:
+    """Declare the events log and bind it to the events exchange (after `declare_topology`)."""
+    await declare_stream(connection, topo.events_log, topo.events_log_arguments(),
+                         "events.log_arguments_differ")
+    channel = await connection.channel(publisher_confirms=False)
     try:
         queue = await channel.get_queue(topo.events_log, ensure=False)
         await queue.bind(topo.events, routing_key="#")
@@ -335,21 +343,9 @@ async def declare_events_log(connection: AbstractConnection, topo: Topology) -> 
 
 
 async def declare_history_stream(connection: AbstractConnection, topo: Topology) -> None:
-    """Declare `<p>.history`; keep an existing one whose retention arguments differ.
-
-    A stream's arguments are fixed when it is made (a policy changes them later),
-    and a declaration with other ones fails its channel: tried on a channel of its own.
-    """
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        await channel.declare_queue(topo.history, durable=True,
-                                    arguments=topo.history_stream_arguments())
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        log.warning("history.stream_arguments_differ", stream=topo.history,
-                    wanted=topo.history_stream_arguments(), error=str(exc))
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+    """Declare `<p>.history` (what ran, daemon/core/history.py)."""
+    await declare_stream(connection, topo.history, topo.history_stream_arguments(),
+                         "history.stream_arguments_differ")
 
 
 async def declare_delay_queues(

@@ -46,7 +46,12 @@ from aio_pika.abc import (
 from common.clock import age_s, utcnow
 from daemon.broker.errors import CHANNEL_ERRORS
 from daemon.broker.tail import StreamTail
-from daemon.broker.topology import Topology, declare_client_queue, declare_topology
+from daemon.broker.topology import (
+    Topology,
+    declare_client_queue,
+    declare_stream,
+    declare_topology,
+)
 from daemon.core.records import (
     Audited,
     Failed,
@@ -81,22 +86,9 @@ KIND = "x-s2s-kind"
 
 
 async def declare_state_stream(connection: AbstractConnection, topo: Topology) -> None:
-    """Declare the state log; keep an existing one whose retention arguments differ.
-
-    A stream's arguments are fixed at declaration (a policy changes them later),
-    and a declaration with other ones fails the channel with PRECONDITION_FAILED,
-    so it is tried on a channel of its own.
-    """
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        await channel.declare_queue(topo.state, durable=True,
-                                    arguments=topo.state_stream_arguments())
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        log.warning("state.stream_arguments_differ", stream=topo.state,
-                    wanted=topo.state_stream_arguments(), error=str(exc))
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+    """Declare the state log; keep an existing one whose retention arguments differ."""
+    await declare_stream(connection, topo.state, topo.state_stream_arguments(),
+                         "state.stream_arguments_differ")
 
 
 async def append_record(channel: AbstractChannel, topo: Topology, record: Record,
