@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon.core.records import Audited, short_error
-from daemon.operations.listing import BadQuery
+from daemon.operations.listing import BadQuery, page_limit
 
 VIAS = ("console", "api", "cli", "control")
 """The faces an action comes through (SPEC section 9)."""
@@ -79,19 +79,14 @@ def audit_query(query: Mapping[str, str], *, only: str | None = None) -> AuditQu
     `only` (a client's own token) forces the client. Raises BadQuery naming the
     parameter and what it may be.
     """
-    limit = query.get("limit") or None
-    if limit is not None and not (
-        limit.isascii() and limit.isdigit() and len(limit) <= len(str(AUDIT_MAX_LIMIT))
-        and 1 <= int(limit) <= AUDIT_MAX_LIMIT
-    ):
-        raise BadQuery(f"limit must be a whole number from 1 to {AUDIT_MAX_LIMIT}")
+    limit = page_limit(query, AUDIT_LIMIT, AUDIT_MAX_LIMIT)
     before = query.get("before") or None
     if before is not None and not (before.isascii() and before.isdigit() and len(before) < 20):
         raise BadQuery("before must be an entry's id (a whole number), the `next` of the"
                        " previous page")
     return AuditQuery(client_id=only or query.get("client_id") or None,
                       actor=query.get("actor") or None,
-                      limit=AUDIT_LIMIT if limit is None else int(limit),
+                      limit=limit,
                       before=None if before is None else int(before))
 
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from common.clients import CLIENT_ID_RE
 from daemon.core.parking import UnknownClient
-from daemon.operations.listing import CLIENTS_LIMIT, CLIENTS_MAX_LIMIT, BadQuery
+from daemon.operations.listing import CLIENTS_LIMIT, CLIENTS_MAX_LIMIT, BadQuery, page_limit
 
 Kind = Literal["failed", "parked"]
 PATTERN_MAX = 500  # characters of a pattern; the rest of a long error does not split a group
@@ -173,12 +173,7 @@ def groups_query(query: Mapping[str, str]) -> GroupsQuery:
     client_id = query.get("client_id") or None
     if client_id is not None and not CLIENT_ID_RE.fullmatch(client_id):
         raise BadQuery("client_id must be a client id (1 to 64 characters from A-Z a-z 0-9 _ -)")
-    limit = query.get("limit") or None
-    if limit is not None and not (
-        limit.isascii() and limit.isdigit() and len(limit) <= len(str(CLIENTS_MAX_LIMIT))
-        and 1 <= int(limit) <= CLIENTS_MAX_LIMIT
-    ):
-        raise BadQuery(f"limit must be a whole number from 1 to {CLIENTS_MAX_LIMIT}")
+    limit = page_limit(query, CLIENTS_LIMIT, CLIENTS_MAX_LIMIT)
     after = query.get("after") or None
     cursor = None
     if after is not None:
@@ -186,7 +181,7 @@ def groups_query(query: Mapping[str, str]) -> GroupsQuery:
         if match is None:
             raise BadQuery("after must be the next of the previous page (count-group)")
         cursor = (int(match.group(1)), match.group(2))
-    return GroupsQuery(client_id, CLIENTS_LIMIT if limit is None else int(limit), cursor)
+    return GroupsQuery(client_id, limit, cursor)
 
 
 def page(groups: Sequence[Group], query: GroupsQuery) -> dict[str, Any]:

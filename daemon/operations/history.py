@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from daemon.core.history import Position, parse_cursor
-from daemon.operations.listing import BadQuery
+from daemon.operations.listing import BadQuery, page_limit
 
 HISTORY_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000
@@ -29,14 +29,9 @@ def history_query(query: Mapping[str, str]) -> HistoryQuery:
 
     Raises BadQuery naming the parameter and what it may be.
     """
-    limit = query.get("limit") or None
-    if limit is not None and not (
-        limit.isascii() and limit.isdigit() and len(limit) <= len(str(HISTORY_MAX_LIMIT))
-        and 1 <= int(limit) <= HISTORY_MAX_LIMIT
-    ):
-        raise BadQuery(f"limit must be a whole number from 1 to {HISTORY_MAX_LIMIT}")
+    limit = page_limit(query, HISTORY_LIMIT, HISTORY_MAX_LIMIT)
     text = query.get("before") or None
     before = None if text is None else parse_cursor(text)
     if text is not None and before is None:
         raise BadQuery("before must be the next cursor of a previous page, like 1234-5")
-    return HistoryQuery(HISTORY_LIMIT if limit is None else int(limit), before)
+    return HistoryQuery(limit, before)

@@ -33,6 +33,18 @@ class ClientsQuery:
     after: str | None = None
 
 
+def page_limit(query: Mapping[str, str], default: int, maximum: int) -> int:
+    """`?limit=` as a number of entries from 1 to `maximum` (`default` when empty or not
+    given); raises BadQuery otherwise (int() refuses past 4,300 digits: checked first)."""
+    limit = query.get("limit") or None
+    if limit is None:
+        return default
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= len(str(maximum))
+            and 1 <= int(limit) <= maximum):
+        raise BadQuery(f"limit must be a whole number from 1 to {maximum}")
+    return int(limit)
+
+
 def clients_query(query: Mapping[str, str]) -> ClientsQuery:
     """`?state=&limit=&after=` read and checked; an empty value counts as not given.
 
@@ -41,17 +53,12 @@ def clients_query(query: Mapping[str, str]) -> ClientsQuery:
     state = query.get("state") or None
     if state is not None and state not in STATES:
         raise BadQuery(f"state must be one of {', '.join(STATES)}")
-    limit = query.get("limit") or None
-    if limit is not None and not (
-        limit.isascii() and limit.isdigit() and len(limit) <= len(str(CLIENTS_MAX_LIMIT))
-        and 1 <= int(limit) <= CLIENTS_MAX_LIMIT
-    ):
-        raise BadQuery(f"limit must be a whole number from 1 to {CLIENTS_MAX_LIMIT}")
+    limit = page_limit(query, CLIENTS_LIMIT, CLIENTS_MAX_LIMIT)
     after = query.get("after") or None
     if after is not None and not CLIENT_ID_RE.fullmatch(after):
         raise BadQuery("after must be a client id (1 to 64 characters from A-Z a-z 0-9 _ -),"
                        " the last one of the previous page")
-    return ClientsQuery(state, CLIENTS_LIMIT if limit is None else int(limit), after)
+    return ClientsQuery(state, limit, after)
 
 
 def page_after(ordered: Sequence[str], after: str | None, limit: int,
