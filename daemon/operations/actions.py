@@ -93,22 +93,22 @@ def _groups(kind: Literal["failed", "parked"], words: str) -> tuple[Action, ...]
     )
 
 
+def _on_park(how: Literal["retry", "skip"]) -> Action:
+    """Retry or skip a client's parked item (on the replica that holds it)."""
+    def run(ops: Operations, r: Request) -> Awaitable[dict[str, Any]]:
+        act = ops.retry if how == "retry" else ops.skip
+        return act(r.client_id or "", actor=r.actor, message_id=r.message_id, reason=r.reason,
+                   forward=r.forward, via=r.via)
+    return Action(how, run, needs_client=True, on="client", confirm=True, forwarded=True,
+                  commands=(Command((how,), ("client", "--message-id", "--reason"),
+                                    f"{how} a parked client's item"),))
+
+
 TABLE: tuple[Action, ...] = (
     Action("status", lambda ops, r: ops.status(r.client_id), changes=False,
            commands=(Command(("status",), ("client?",), "clients and their state"),
                      Command(("clients", "list"), (), "list the clients"))),
-    Action("retry", lambda ops, r: ops.retry(
-        r.client_id or "", actor=r.actor, message_id=r.message_id, reason=r.reason,
-        forward=r.forward, via=r.via), needs_client=True, on="client", confirm=True,
-           forwarded=True,
-           commands=(Command(("retry",), ("client", "--message-id", "--reason"),
-                             "retry a parked client's item"),)),
-    Action("skip", lambda ops, r: ops.skip(
-        r.client_id or "", actor=r.actor, message_id=r.message_id, reason=r.reason,
-        forward=r.forward, via=r.via), needs_client=True, on="client", confirm=True,
-           forwarded=True,
-           commands=(Command(("skip",), ("client", "--message-id", "--reason"),
-                             "skip a parked client's item"),)),
+    *(_on_park(how) for how in ("retry", "skip")),
     Action("pause", lambda ops, r: ops.pause(r.client_id or "", actor=r.actor, op=r.op),
            needs_client=True, on="client",
            commands=(Command(("pause",), ("client",), "pause a client"),)),
