@@ -89,3 +89,10 @@ async def test_a_request_the_table_refuses_never_reaches_an_operation(
     assert str(info.value) == error
     assert [(e.action, e.actor, e.via, e.outcome) for e in fake.audited] == (
         [(name, "a", "control", error)] if audited else [])
+
+
+def test_listings_change_nothing_so_they_leave_no_audit_entry():
+    """status and every list_* action are read-only: `perform` audits only what changes."""
+    readers = [a.name for a in TABLE if not a.changes]
+    assert readers == ["status", "list_unrouted", "list_failed", "list_failed_groups",
+                       "list_parked_groups"]
