@@ -43,6 +43,9 @@ from daemon.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
+OPEN_ATTEMPTS = 7
+"""How often `open` tries its first consume: the waits between add up to about 11 s."""
+
 Start = Callable[[], int | str | datetime]
 """Where the next consumer starts (`x-stream-offset`: an offset, "first", or a time): asked
 at every (re)open."""
@@ -65,12 +68,28 @@ class StreamTail:
         self.opened = 0  # consumers made (the first included)
         # Its log lines: `state.tail_consuming`, `events.tail_lost`, ... (`name` the reader's).
         self._said = {what: f"{name}.tail_{what}" for what in ("consuming", "lost",
-                                                                "not_resumed")}
+                                                                "not_resumed", "not_started")}
 
-    async def open(self) -> None:
-        """Consume now (errors raise: the caller retries start-up), then keep consuming."""
+    async def open(self, attempts: int = OPEN_ATTEMPTS) -> None:
+        """Consume now, then keep consuming; the last of `attempts` refusals raises.
+
+        A stream declared a moment ago may be refused on a node whose replica is
+        not running yet (`PRECONDITION_FAILED - … does not have a replica on the
+        local node`, seen on a three-node cluster): the first consume is tried
+        again with the back-off `_keep` uses, on the connection's next transport.
+        """
         assert self._task is None, "opened twice"
-        await self._consume()
+        for attempt in range(attempts):
+            try:
+                await self._connection.ready()
+                await self._consume()
+                break
+            except Exception as exc:
+                await self._drop()
+                if attempt == attempts - 1:
+                    raise
+                log.warning(self._said["not_started"], attempt=attempt, error=repr(exc))
+                await asyncio.sleep(backoff(attempt))
         self._task = asyncio.ensure_future(self._keep())
 
     def reopen(self, why: str) -> None:
@@ -125,7 +144,7 @@ class StreamTail:
             except Exception as exc:  # refused, or the connection went again
                 log.warning(self._said["not_resumed"], attempt=attempt, error=repr(exc))
                 await self._drop()
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                await asyncio.sleep(backoff(attempt))
                 attempt += 1
             else:
                 attempt = 0
@@ -136,3 +155,8 @@ class StreamTail:
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
                 await channel.close()
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after the `attempt`-th refused consume (0, 1, …): 0.2 doubling to 5."""
+    return min(5.0, 0.2 * 2.0**attempt)

@@ -261,6 +261,10 @@ async def _replay_with_pointer(amqp: Broker, pointer: dict[str, object]) -> None
             await reader.stop()
     finally:
         await writer.stop()
+        # The planted pointer goes too: the fixture's purge reads the state log to find
+        # client queues, and would wait POINTER_PATIENCE (30 s, no longer patched) for it.
+        async with amqp.connection.channel() as channel:
+            await (await channel.get_queue(amqp.topo.state_snapshot, ensure=False)).purge()
 
 
 async def test_a_pointer_to_a_missing_snapshot_falls_back_to_a_full_replay(amqp: Broker):

@@ -5,6 +5,8 @@ The tail's failover after a lost node and a refused consume: tests/daemon/test_b
 
 from __future__ import annotations
 
+import asyncio
+
 import aio_pika
 import aiormq
 import aiormq.abc
@@ -49,6 +51,46 @@ async def test_a_consumer_the_broker_cancels_is_made_again(amqp: Broker):
         assert lost["why"] == "consumer cancelled by the broker"
     finally:
         await tail.close()
+
+
+async def test_a_first_consume_refused_is_tried_again_before_open_gives_up(amqp: Broker):
+    """The first consume is refused (on a cluster: the stream's replica on this node is not
+    running yet, as the cluster tests saw; here: the stream is not declared yet): `open`
+    tries again with back-off instead of failing the daemon's start, and reads on."""
+    got: list[bytes] = []
+
+    async def keep(message: aiormq.abc.DeliveredMessage) -> None:
+        got.append(message.body)
+        await message.channel.basic_ack(message.delivery_tag or 0)
+
+    tail = StreamTail(amqp.connection, amqp.topo.state, keep, lambda: "first", prefetch=10)
+    with capture_logs() as logs:
+        opening = asyncio.ensure_future(tail.open())
+        await wait_until(lambda: any(e["event"] == "state.tail_not_started" for e in logs), 10,
+                         "a refused first consume")
+        assert not opening.done()
+        await declare_state_stream(amqp.connection, amqp.topo)
+        await asyncio.wait_for(opening, 10)
+    try:
+        refused = [e for e in logs if e["event"] == "state.tail_not_started"]
+        assert "NOT_FOUND" in refused[0]["error"], refused
+        async with amqp.connection.channel() as channel:
+            await channel.default_exchange.publish(aio_pika.Message(b"first"),
+                                                   routing_key=amqp.topo.state)
+        await wait_until(lambda: got == [b"first"], 10, "the message published after open")
+    finally:
+        await tail.close()
+
+
+async def test_a_first_consume_refused_every_time_raises_the_last_refusal(amqp: Broker):
+    """Refused every time (the stream is never declared), `open` raises what the broker said
+    last, after `attempts` tries, and leaves no channel open."""
+    tail = StreamTail(amqp.connection, amqp.topo.state, lambda _m: asyncio.sleep(0),
+                      lambda: "first", prefetch=10)
+    with capture_logs() as logs, pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+        await tail.open(attempts=3)
+    assert [e["attempt"] for e in logs if e["event"] == "state.tail_not_started"] == [0, 1]
+    assert tail._channel is None
 
 
 async def test_a_tail_that_reads_nothing_while_a_record_of_ours_is_due_consumes_again(
