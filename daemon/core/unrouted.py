@@ -6,6 +6,9 @@ one to `<prefix>.unrouted.watch` (`daemon.broker.topology`). Every replica consu
 that queue; single active consumer lets one at a time announce. A copy is
 acked once its outcome is reported, so a replica that dies first leaves it to
 the next (an event may then go out twice: events are announcements).
+
+`list_unrouted` and `replay_unrouted` read the unrouted queue from its head
+(`browse_unrouted`) for the admin actions of the same names.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
+import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
@@ -30,6 +35,18 @@ from daemon.core.outcomes import Outcomes
 from daemon.core.parking import OperationError
 
 log = structlog.get_logger()
+
+# A queue is read from its head only, and every get carries a whole body, so a
+# listing of unrouted items stops at whichever comes first of: the items it
+# answers, UNROUTED_SCAN_ITEMS messages read (one client's among others'), or
+# UNROUTED_SCAN_BYTES of bodies read (the read that crosses it is the last).
+UNROUTED_LIMIT = 100
+UNROUTED_MAX_LIMIT = 1000
+UNROUTED_SCAN_ITEMS = 10_000
+UNROUTED_SCAN_BYTES = 16 * 1024 * 1024
+
+PublishConfirmed = Callable[..., Awaitable[Any]]
+"""`Runtime.publish_confirmed`: publish a message and wait for the broker's confirm."""
 
 
 def unrouted_client(message: AbstractIncomingMessage) -> str:
@@ -104,3 +121,57 @@ async def _unrouted_lock(connection: AbstractRobustConnection, topo: Topology,
             await channel.queue_delete(name)
         with contextlib.suppress(Exception):
             await channel.close()
+
+
+async def list_unrouted(connection: AbstractRobustConnection, topo: Topology,
+                        client_id: str | None, limit: int) -> dict[str, Any]:
+    """The oldest unrouted items (one client's, given `client_id`): `{"items", "more",
+    "total"}`, bounded as UNROUTED_* say.
+
+    `more` is true when the listing stopped before the end of the queue; `total` is
+    the queue's depth, None for one client's listing (the others are not its business).
+    """
+    items: list[dict[str, Any]] = []
+    read = read_bytes = 0
+    async with browse_unrouted(connection, topo) as queue:
+        depth = queue.declaration_result.message_count or 0
+        while (len(items) < limit and read < UNROUTED_SCAN_ITEMS
+               and read_bytes < UNROUTED_SCAN_BYTES):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                depth = read
+                break
+            read, read_bytes = read + 1, read_bytes + len(message.body)
+            if client_id is None or unrouted_client(message) == client_id:
+                items.append({"message_id": message.message_id,
+                              "client_id": unrouted_client(message), "type": message.type})
+    return {"items": items, "more": read < depth, "total": depth if client_id is None else None}
+
+
+async def replay_unrouted(connection: AbstractRobustConnection, topo: Topology,
+                          publish_confirmed: PublishConfirmed, client_id: str) -> int:
+    """Append the client's unrouted items to the tail of its queue, in original order: how many.
+
+    Read one at a time: another client's item is left unacked (it goes back in
+    place when the browse ends) and not kept in memory.
+    """
+    replayed = 0
+    async with browse_unrouted(connection, topo) as queue:
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            if unrouted_client(message) != client_id:
+                continue
+            await publish_confirmed(_republish(message), routing_key=client_id,
+                                    exchange=topo.blocking)
+            await message.ack()
+            replayed += 1
+    return replayed
+
+
+def _republish(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A copy of an unrouted item with every property a producer set."""
+    return aio_pika.Message(
+        message.body, headers=dict(message.headers or {}), content_type=message.content_type,
+        content_encoding=message.content_encoding, message_id=message.message_id,
+        type=message.type, timestamp=message.timestamp, correlation_id=message.correlation_id,
+        app_id=message.app_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )

@@ -14,9 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 
 from common.clients import InvalidClientId, validate_client_id
 from daemon.broker.depths import DepthCache, queue_depths
@@ -28,7 +27,7 @@ from daemon.core.outcomes import Outcomes
 from daemon.core.parking import OperationError, UnknownClient
 from daemon.core.records import Audited, Failed, Paused, Resumed
 from daemon.core.runtime import Runtime
-from daemon.core.unrouted import browse_unrouted, unrouted_client
+from daemon.core.unrouted import UNROUTED_LIMIT, list_unrouted, replay_unrouted
 from daemon.operations.audit import AuditQuery, audit_page
 from daemon.operations.groups import Group, Kind, Member, UnknownGroup, find, group, item_ids
 from daemon.operations.history import HistoryQuery
@@ -39,14 +38,6 @@ Register = Callable[[str, str, str | None], Awaitable[bool]]
 
 log = structlog.get_logger()
 
-# A queue is read from its head only, and every get carries a whole body, so a
-# listing of unrouted items stops at whichever comes first of: the items it
-# answers, UNROUTED_SCAN_ITEMS messages read (one client's among others'), or
-# UNROUTED_SCAN_BYTES of bodies read (the read that crosses it is the last).
-UNROUTED_LIMIT = 100
-UNROUTED_MAX_LIMIT = 1000
-UNROUTED_SCAN_ITEMS = 10_000
-UNROUTED_SCAN_BYTES = 16 * 1024 * 1024
 GROUP_CONCURRENCY = 16  # items of a group retried or skipped at once
 AUDIT_PATIENCE = 10.0  # an audit record waits this long for a lost broker, then is given up
 __all__ = ["HolderSilent", "OperationError", "Operations", "UnknownClient", "UnknownGroup",
@@ -416,58 +407,15 @@ class Operations:
     async def unrouted(self, client_id: str | None = None,
                        limit: int = UNROUTED_LIMIT) -> dict[str, Any]:
         """The oldest blocking items published for unregistered clients (one client's, given
-        `client_id`): `{"items", "more", "total"}`, bounded as UNROUTED_* say.
-
-        `more` is true when the listing stopped before the end of the queue; `total` is
-        the queue's depth, None for one client's listing (the others are not its business).
-        """
-        items: list[dict[str, Any]] = []
-        read = read_bytes = 0
-        async with self._unrouted_lock, browse_unrouted(self._connection, self._rt.topo) as queue:
-            depth = queue.declaration_result.message_count or 0
-            while (len(items) < limit and read < UNROUTED_SCAN_ITEMS
-                   and read_bytes < UNROUTED_SCAN_BYTES):
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    depth = read
-                    break
-                read, read_bytes = read + 1, read_bytes + len(message.body)
-                if client_id is None or unrouted_client(message) == client_id:
-                    items.append(_describe_unrouted(message))
-        return {"items": items, "more": read < depth,
-                "total": depth if client_id is None else None}
+        `client_id`): `{"items", "more", "total"}` (daemon/core/unrouted.py)."""
+        async with self._unrouted_lock:
+            return await list_unrouted(self._connection, self._rt.topo, client_id, limit)
 
     async def replay_unrouted(self, client_id: str, *, actor: str, **_: Any) -> dict[str, Any]:
-        """Append the client's unrouted items to the tail of its queue, in original order.
-
-        Read one at a time: another client's item is left unacked (it goes back in
-        place when the browse ends) and not kept in memory.
-        """
+        """Append the client's unrouted items to the tail of its queue, in original order."""
         self._consumer(client_id)
-        replayed = 0
-        async with self._unrouted_lock, browse_unrouted(self._connection, self._rt.topo) as queue:
-            while (message := await queue.get(no_ack=False, fail=False)) is not None:
-                if unrouted_client(message) != client_id:
-                    continue
-                await self._rt.publish_confirmed(
-                    _republish(message), routing_key=client_id, exchange=self._rt.topo.blocking,
-                )
-                await message.ack()
-                replayed += 1
+        async with self._unrouted_lock:
+            replayed = await replay_unrouted(self._connection, self._rt.topo,
+                                             self._rt.publish_confirmed, client_id)
         log.info("unrouted.replayed", client_id=client_id, count=replayed, actor=actor)
         return {"client_id": client_id, "replayed": replayed}
-
-
-def _describe_unrouted(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return {"message_id": message.message_id, "client_id": unrouted_client(message),
-            "type": message.type}
-
-
-def _republish(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """A copy of an unrouted item with every property a producer set."""
-    return aio_pika.Message(
-        message.body, headers=dict(message.headers or {}), content_type=message.content_type,
-        content_encoding=message.content_encoding, message_id=message.message_id,
-        type=message.type, timestamp=message.timestamp, correlation_id=message.correlation_id,
-        app_id=message.app_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )

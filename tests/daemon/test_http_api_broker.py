@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 import pytest
 
-from daemon.operations.admin import UNROUTED_SCAN_BYTES
+from daemon.core.unrouted import UNROUTED_SCAN_BYTES
 from tests.proxy import broker_proxy
 from tests.support import (
     Broker,

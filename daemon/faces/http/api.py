@@ -14,19 +14,14 @@ import orjson
 import structlog
 from aiohttp import web
 
+from daemon.core.unrouted import UNROUTED_LIMIT, UNROUTED_MAX_LIMIT
 from daemon.faces.http import sse
 from daemon.faces.http.auth import IDENTITY, Identity, authenticate, bearer_token
 from daemon.faces.http.console import add_routes, session_of
 from daemon.faces.http.face import FACE, Face, face_of
 from daemon.faces.http.scrape import CONTENT_TYPE
 from daemon.operations.actions import Request, action_on, perform
-from daemon.operations.admin import (
-    UNROUTED_LIMIT,
-    UNROUTED_MAX_LIMIT,
-    OperationError,
-    UnknownClient,
-    UnknownItem,
-)
+from daemon.operations.admin import OperationError, UnknownClient, UnknownItem
 from daemon.operations.audit import as_csv, audit_query
 from daemon.operations.groups import Kind, groups_query
 from daemon.operations.groups import page as groups_page
