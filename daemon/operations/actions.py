@@ -81,7 +81,8 @@ def _groups(kind: Literal["failed", "parked"], words: str) -> tuple[Action, ...]
     """List a kind's groups, and retry or skip every item of one (SPEC section 9)."""
     def on_group(how: str) -> Callable[[Operations, Request], Awaitable[dict[str, Any]]]:
         return lambda ops, r: ops.on_group(kind, how, r.group, actor=r.actor,
-                                           client_id=r.client_id, reason=r.reason, op=r.op)
+                                           client_id=r.client_id, reason=r.reason, op=r.op,
+                                           via=r.via)
     return (
         Action(f"list_{kind}_groups", lambda ops, r: ops.group_listing(kind, r.client_id),
                changes=False,

@@ -40,12 +40,17 @@ log = structlog.get_logger()
 
 GROUP_CONCURRENCY = 16  # items of a group retried or skipped at once
 AUDIT_PATIENCE = 10.0  # an audit record waits this long for a lost broker, then is given up
-__all__ = ["HolderSilent", "OperationError", "Operations", "UnknownClient", "UnknownGroup",
-           "UnknownItem"]
+__all__ = ["HolderRefused", "HolderSilent", "OperationError", "Operations", "UnknownClient",
+           "UnknownGroup", "UnknownItem"]
 
 
 class HolderSilent(OperationError):
     """Raised when the replica holding a client's park did not answer a forwarded action."""
+
+
+class HolderRefused(OperationError):
+    """Raised when the replica holding a client's park refused a forwarded action (it
+    audited the refusal)."""
 
 
 class Operations:
@@ -162,7 +167,7 @@ class Operations:
                 f"client {client_id!r} is parked, but the replica holding it did not answer"
             ) from None
         if not answer.pop("ok", False):
-            raise OperationError(str(answer.get("error", "refused")))
+            raise HolderRefused(str(answer.get("error", "refused")))
         return answer
 
     async def _won(self, record: Paused | Resumed) -> bool:
@@ -360,12 +365,14 @@ class Operations:
 
     async def on_group(self, kind: Kind, how: str, key: str | None, *, actor: str,
                        client_id: str | None = None, reason: str | None = None,
-                       op: str | None = None) -> dict[str, Any]:
+                       op: str | None = None, via: str = "control") -> dict[str, Any]:
         """Retry or skip every item of a group (one client's, given `client_id`), up to
         GROUP_CONCURRENCY at once: `{"count", "results"}` in the group's order, oldest first.
 
         Each item is acted on as by itself: a park only if it is still that item
         (by message id), a failed item once (check-and-set under `op:<message_id>`).
+        A park another replica holds is forwarded to it, which audits it (as
+        `retry` or `skip`, under `via`): its result says `"forwarded": true`.
         """
         if not key:
             raise OperationError("a group is required")
@@ -379,11 +386,13 @@ class Operations:
             async with slots:
                 try:
                     result = await self._on_member(kind, how, m, actor, reason,
-                                                   op and f"{op}:{m.message_id}")
+                                                   op and f"{op}:{m.message_id}", via)
+                except HolderRefused as exc:
+                    return {**done, "ok": False, "error": str(exc), "forwarded": True}
                 except OperationError as exc:
                     return {**done, "ok": False, "error": str(exc)}
             return {**done, "ok": True, **{k: v for k, v in result.items()
-                                           if k in ("outcome", "error")}}
+                                           if k in ("outcome", "error", "forwarded")}}
 
         async with asyncio.TaskGroup() as tasks:
             running = [tasks.create_task(one(m)) for m in found.members]
@@ -393,11 +402,16 @@ class Operations:
                 "results": [task.result() for task in running]}
 
     async def _on_member(self, kind: Kind, how: str, m: Member, actor: str,
-                         reason: str | None, op: str | None) -> dict[str, Any]:
+                         reason: str | None, op: str | None, via: str) -> dict[str, Any]:
         if kind == "parked":
+            self._consumer(m.client_id)
+            if self.forwards(m.client_id):
+                answer = await self._forward(how, m.client_id, actor, m.message_id or None,
+                                             reason, via)
+                return {**answer, "forwarded": True}
             act = self.retry if how == "retry" else self.skip
             return await act(m.client_id, actor=actor, message_id=m.message_id or None,
-                             reason=reason)
+                             reason=reason, forward=False)
         if how == "retry":
             return await self.retry_failed(m.message_id, actor=actor, op=op)
         return await self.skip_failed(m.message_id, actor=actor, reason=reason, op=op)

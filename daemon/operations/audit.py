@@ -3,9 +3,11 @@
 `perform` (daemon/operations/actions.py) writes one `audit` record per
 action that changes something, after it ran, refused ones included; an
 action over several clients (`resume_all`, a group's retry) writes one per
-client it answered for. The view keeps the latest entries
-(`View.audit`); `audit_page` reads them newest first, with the API's and
-the console's filters, for `GET /api/v1/audit` and the `/audit` page.
+client it answered for, but for a group member forwarded to the replica
+holding its park: that replica audits it (`"forwarded": true` in its result).
+The view keeps the latest entries (`View.audit`); `audit_page` reads them
+newest first, with the API's and the console's filters, for
+`GET /api/v1/audit` and the `/audit` page.
 
 The cursor is an entry's `id`: the stream offset of its record, the same on
 every replica; `?before=<id>` lists the entries older than that one.
@@ -58,7 +60,7 @@ def entries_for(asked: Audited, *, answer: Mapping[str, Any] | None = None,
     results = answer.get("results")
     if isinstance(results, list) and results and all(isinstance(r, dict) for r in results):
         return [entry(r.get("client_id") or asked.client_id, r.get("message_id"),
-                      outcome_of(r)) for r in results]
+                      outcome_of(r)) for r in results if r.get("forwarded") is not True]
     return [entry(asked.client_id or answer.get("client_id"),
                   asked.message_id or answer.get("message_id"), outcome_of(answer))]
 

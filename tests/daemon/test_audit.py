@@ -48,6 +48,18 @@ def test_an_action_over_several_clients_leaves_one_entry_per_client():
         ("a", "ok"), ("b", "client 'b' is not paused")]
 
 
+def test_a_group_member_forwarded_to_its_parks_holder_is_left_to_the_holder():
+    """The holder audits a forwarded member (refused there too); the asker only the rest."""
+    asked = Audited(actor="ops", via="api", action="retry_parked_group", reason="fixed")
+    entries = entries_for(asked, answer={"group": "g", "count": 3, "results": [
+        {"client_id": "a", "message_id": "A", "ok": True, "outcome": "succeeded",
+         "forwarded": True},
+        {"client_id": "b", "message_id": "B", "ok": False, "error": "no", "forwarded": True},
+        {"client_id": "c", "message_id": "C", "ok": True, "outcome": "failed"}]})
+    assert [(e.client_id, e.message_id, e.action, e.outcome) for e in entries] == [
+        ("c", "C", "retry_parked_group", "failed")]
+
+
 def test_text_from_outside_is_cut():
     """An actor or a reason of a megabyte is kept as its first 500 characters."""
     [entry] = entries_for(Audited(actor="a" * 9000, via="control", action="skip",

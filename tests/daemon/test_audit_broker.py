@@ -181,3 +181,42 @@ async def test_a_retry_forwarded_to_the_replica_holding_the_park_is_audited_once
     assert retried == (200, {"ok": True, "outcome": "succeeded", "message_id": "X"})
     assert _shown(listed["entries"]) == [
         ("admin", "api", "retry", "acme", "X", "fixed", "succeeded")]
+
+
+async def test_a_parked_group_retry_across_replicas_audits_each_member_once(
+    audit_settings, amqp: Broker, shop: FakeShop
+):
+    """acme and globex parked on one 422, their parks held by either replica: the group
+    retry, asked at the replica not holding acme's, forwards acme's to its holder. Each
+    member leaves one entry under the face that asked (the forwarded one as the holder's
+    `retry`); before, a forwarded member had two, one of them `via: control`."""
+    shop.script.update({"X1": [422], "X2": [422]})
+    other = audit_settings.model_copy(update={"http_port": free_port()})
+    async with running(audit_settings) as one, running(other) as two:
+        await amqp.publish("acme", "X1")
+        await amqp.publish("globex", "X2")
+        await wait_until(lambda: all(one.ops.holds_park(c) or two.ops.holds_park(c)
+                                     for c in ("acme", "globex")), 15,
+                         "a replica to hold each park")
+        asked, there = (other, two) if one.ops.holds_park("acme") else (audit_settings, one)
+        base = f"http://127.0.0.1:{asked.http_port}"
+        await there.state.sync()  # both parks read where the group is asked for
+        [group] = (await _get(base, "/api/v1/parked/groups"))[1]["groups"]
+        retried = await _post(base, f"/api/v1/parked/groups/{group['group']}/retry",
+                              {"reason": "fixed"})
+        await wait_until(lambda: len(one.state.view.audit) >= 2, 15, "two audit entries")
+        await one.state.sync()
+        await two.state.sync()
+        listed = (await _get(base, "/api/v1/audit"))[1]
+    status, answer = retried
+    assert (status, answer["count"]) == (200, 2), retried
+    shown = sorted(_shown(listed["entries"]), key=lambda e: e[3])
+    assert [e[3] for e in shown] == ["acme", "globex"], shown  # one entry each
+    results = {r["client_id"]: (r["ok"], r["outcome"], r.get("forwarded", False))
+               for r in answer["results"]}
+    assert results["acme"] == (True, "succeeded", True), results
+    assert results["globex"][:2] == (True, "succeeded"), results
+    # globex's park: forwarded too (the holder audits it as `retry`), or held here.
+    globex_action = "retry" if results["globex"][2] else "retry_parked_group"
+    assert shown == [("admin", "api", "retry", "acme", "X1", "fixed", "succeeded"),
+                     ("admin", "api", globex_action, "globex", "X2", "fixed", "succeeded")]
