@@ -17,7 +17,8 @@ minute), which a shared consumer at the head cannot serve; a slow reader
 holds back only its own consumer (its acks, by prefetch); and there are few
 readers (the consoles open at one time), each costing one channel. The gap:
 a reader that started at `next` and loses its connection before its first
-event starts again at `next`.
+event starts again at `next` (one that started at a time, `since`, starts
+there again).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import aiormq.abc
 import orjson
@@ -80,11 +82,13 @@ def offset_of(message: aiormq.abc.DeliveredMessage) -> int | None:
 
 
 class Follower:
-    """One reader's consumer of the log, from after `after` (None: from the next event)."""
+    """One reader's consumer of the log, from after `after`, else from `since` (the first
+    event the log holds from that second on), else from the next event."""
 
     def __init__(self, connection: AbstractRobustConnection, topo: Topology,
-                 after: int | None) -> None:
+                 after: int | None, since: datetime | None = None) -> None:
         self._last = after  # the offset of the last event read
+        self._since = since
         self._queue: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
         self._tail = StreamTail(connection, topo.events_log, self._on_delivery, self._start,
                                 prefetch=PREFETCH, name="events")
@@ -96,8 +100,10 @@ class Follower:
     async def close(self) -> None:
         await self._tail.close()
 
-    def _start(self) -> int | str:
-        return "next" if self._last is None else self._last + 1
+    def _start(self) -> int | str | datetime:
+        if self._last is not None:
+            return self._last + 1
+        return self._since or "next"
 
     async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
         self._queue.put_nowait(message)  # no await first: kept in delivery order
@@ -142,9 +148,10 @@ class EventLog:
         self._topo = topo
 
     @asynccontextmanager
-    async def follow(self, after: int | None) -> AsyncIterator[Follower]:
-        """Consume the log from after `after` for as long as the block runs."""
-        follower = Follower(self._connection, self._topo, after)
+    async def follow(self, after: int | None,
+                     since: datetime | None = None) -> AsyncIterator[Follower]:
+        """Consume the log from after `after` (or from `since`) while the block runs."""
+        follower = Follower(self._connection, self._topo, after, since)
         await follower.open()
         try:
             yield follower

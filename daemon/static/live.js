@@ -1,7 +1,8 @@
 // The console's live updates: when an event concerns this page, fetch the page again and
 // put its new <main> in place of the old one. The pages are whole without this script
 // (server-rendered); it only saves the reload. <main data-live="event names"> says which
-// events matter, data-live-client="id" narrows them to one client's.
+// events matter, data-live-client="id" narrows them to one client's, data-live-since
+// (seconds since 1970) is where the stream starts.
 (function () {
   "use strict";
   var main = document.querySelector("main[data-live]");
@@ -42,7 +43,10 @@
     if (!client || event.client_id === client) refresh();
   }
 
-  var source = new EventSource("/api/v1/events/stream");
+  // From a second before the page was rendered: an event in between is not missed.
+  var since = main.dataset.liveSince;
+  var source = new EventSource("/api/v1/events/stream" +
+                               (since ? "?since=" + encodeURIComponent(since) : ""));
   names.forEach(function (name) { source.addEventListener(name, onEvent); });
   source.addEventListener("open", function () { document.documentElement.dataset.live = "on"; });
   source.addEventListener("error", function () { document.documentElement.dataset.live = "off"; });

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 
 from daemon.broker.topology import Topology, events_log_segment
 from daemon.core.event_log import LoggedEvent, logged_event
 from daemon.core.events import event_body
-from daemon.faces.http.sse import BadEventId, frame, last_event_id
+from daemon.faces.http.sse import BadEventId, frame, last_event_id, since_of
 
 
 def test_an_event_of_the_daemon_is_read_back_with_its_offset_name_and_client():
@@ -74,3 +76,13 @@ def test_the_events_log_is_a_stream_kept_by_age_and_size():
 def test_a_segment_is_a_tenth_of_the_limit_within_bounds(limit, segment):
     """Whole segments are dropped, so a segment much bigger than the limit would void it."""
     assert events_log_segment(limit) == segment
+
+
+def test_since_is_a_time_in_whole_seconds_or_refused():
+    """`?since=` of a console page: seconds since 1970; absent or blank, none."""
+    assert since_of("1796035199") == datetime(2026, 11, 30, 10, 39, 59, tzinfo=UTC)
+    assert since_of(None) is since_of(" ") is None
+    for bad in ("-1", "1.5", "soon", "1" * 12, "١٢"):
+        with pytest.raises(BadEventId) as refused:
+            since_of(bad)
+        assert str(refused.value) == "since must be a time in whole seconds since 1970"

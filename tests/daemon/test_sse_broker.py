@@ -69,12 +69,14 @@ class EventStream:
 
 @asynccontextmanager
 async def event_stream(base: str, token: str | None = ADMIN, last_id: str | None = None,
-                       http: aiohttp.ClientSession | None = None) -> AsyncIterator[EventStream]:
+                       http: aiohttp.ClientSession | None = None,
+                       since: int | None = None) -> AsyncIterator[EventStream]:
     """An open stream, read in the background; the answer must be 200 and an event stream."""
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     if last_id is not None:
         headers["Last-Event-ID"] = last_id
-    async with _session(http) as client, client.get(base + PATH, headers=headers) as response:
+    path = PATH if since is None else f"{PATH}?since={since}"
+    async with _session(http) as client, client.get(base + path, headers=headers) as response:
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"] == "text/event-stream"
         assert response.headers["Cache-Control"] == "no-store"
@@ -159,6 +161,35 @@ async def test_last_event_id_resumes_without_loss_or_duplicates(sse_settings, am
     assert second.events[0] == first.events[2]
     ids = [int(e["id"]) for e in second.events]
     assert ids == sorted(set(ids))
+
+
+async def test_since_starts_at_the_first_event_from_that_second_and_last_event_id_wins(
+    sse_settings, amqp: Broker
+):
+    """`?since=` (what a console page passes: a second before it was rendered) gets the
+    events published from then on, before the stream opened too, and not the ones before;
+    a reconnect's Last-Event-ID wins over it."""
+    base = _base(sse_settings)
+    async with running(sse_settings):
+        await _act(amqp, ("pause", "acme"))
+        await amqp.wait_event("client.paused", "acme")
+        since = int(time.time()) + 2  # a whole second after acme's pause, whatever its ms
+        await wait_until(lambda: time.time() >= since, 5, "the clock to pass `since`")
+        await _act(amqp, ("pause", "globex"))
+        await amqp.wait_event("client.paused", "globex")
+        async with event_stream(base, since=since) as stream:
+            await wait_until(lambda: len(stream.events) >= 1, 10, "globex's pause")
+            await _act(amqp, ("resume", "globex"))
+            await wait_until(lambda: len(stream.events) >= 2, 10, "globex's resume")
+        async with event_stream(base, last_id=stream.events[0]["id"],
+                                since=since + 3600) as resumed:
+            await wait_until(lambda: len(resumed.events) >= 1, 10, "the event after the id")
+        bad = await get(base, f"{PATH}?since=yesterday",
+                        headers={"Authorization": f"Bearer {ADMIN}"})
+    assert stream.seen() == [("client.paused", "globex"), ("client.resumed", "globex")]
+    assert resumed.seen() == [("client.resumed", "globex")]
+    assert bad == (400, {"ok": False,
+                         "error": "since must be a time in whole seconds since 1970"})
 
 
 async def test_a_client_sees_only_its_own_events_by_token_or_console_session(

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.console import ACME_TOKEN, ADMIN_TOKEN, MARKS
 from tests.console import base_url as _base
@@ -82,6 +82,41 @@ async def test_a_parked_clients_page_shows_it_running_once_retried_from_the_cli(
         assert errors == []
 
 
+async def test_an_event_between_the_pages_rendering_and_its_stream_opening_is_not_missed(
+    console_settings, amqp: Broker, shop: FakeShop, browser: Browser
+):
+    """The page's event stream is held back (a route) while acme is retried from the CLI:
+    once it opens, from a second before the page was rendered (`?since=`), the page still
+    learns of the retry and shows acme running. Before, it opened at the next event and
+    stayed on "parked"."""
+    async with running(console_settings):
+        await _park_acme(amqp, shop)
+        asked, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            asked.set()
+            await release.wait()
+            await route.continue_()
+
+        context = await browser.new_context()
+        await context.route("**/api/v1/events/stream*", hold)
+        page = await context.new_page()
+        await page.goto(_base(console_settings) + "/login")
+        await page.get_by_label("Your access token").fill(ACME_TOKEN)
+        await page.get_by_role("button", name="Log in").click()
+        await expect(page.locator("h1 .state")).to_have_text("parked")
+        await asyncio.wait_for(asked.wait(), 10)
+        await page.evaluate("window.notReloaded = true")
+        shop.always.pop("X")
+        code, out = await _cli(console_settings, "retry", "acme", "--message-id", "X")
+        assert (code, '"outcome": "succeeded"' in out) == (0, True), out
+        await amqp.wait_event("client.resumed", "acme")
+        release.set()
+        await expect(page.locator("html[data-live=on]")).to_have_count(1)
+        await expect(page.locator("h1 .state")).to_have_text("running")
+        assert await _not_reloaded(page)
+
+
 async def test_the_clients_page_follows_a_retry_and_keeps_the_last_actions_outcome(
     console_settings, amqp: Broker, shop: FakeShop, browser: Browser
 ):
@@ -145,5 +180,5 @@ async def test_the_script_is_served_by_the_daemon_and_no_inline_script_may_run(
     assert "script-src 'self';" in policy
     assert "unsafe-inline" not in policy.split("style-src")[0]
     assert script.headers["content-type"] == "text/javascript; charset=utf-8"
-    assert 'new EventSource("/api/v1/events/stream")' in body
+    assert 'new EventSource("/api/v1/events/stream" +' in body  # and ?since=
     assert len(body.splitlines()) < 60

@@ -8,6 +8,13 @@ its own client's events only. An idle stream gets a comment line
 (`: keep-alive`) every `S2SQ_EVENTS_KEEPALIVE` seconds, which keeps proxies
 from closing it and finds browsers that went away.
 
+A page of the console gives `?since=<seconds since 1970>`, the time it was
+rendered less a second: the stream then starts at the first event the log
+holds from then (by the broker's clock, to the second), so an event between
+the rendering and the stream's opening is not missed (at worst one from the
+second before is given too, which only refreshes the page once more).
+`Last-Event-ID`, when a browser reconnects, wins over `since`.
+
 Who may read is decided where every /api/ request is, in api.py's
 middleware: a bearer token, or for this route alone (`takes_session`) the
 console's session cookie, since a browser's EventSource cannot set headers.
@@ -18,6 +25,8 @@ waits on an open stream.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import orjson
 import structlog
@@ -36,7 +45,8 @@ STREAMS: web.AppKey[set[Follower]] = web.AppKey("event_streams")
 
 
 class BadEventId(ValueError):
-    """Raised when a `Last-Event-ID` header is not an id this stream gave."""
+    """Raised when a `Last-Event-ID` header is not an id this stream gave, or `?since=` not a
+    time."""
 
 
 def takes_session(request: web.Request) -> bool:
@@ -55,6 +65,16 @@ def last_event_id(text: str | None) -> int | None:
     return int(text)
 
 
+def since_of(text: str | None) -> datetime | None:
+    """The time a `?since=` names (whole seconds since 1970); None without one (pure)."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 11):
+        raise BadEventId("since must be a time in whole seconds since 1970")
+    return datetime.fromtimestamp(int(text), UTC)
+
+
 def frame(event: LoggedEvent) -> bytes:
     """One Server-Sent Events message (pure): the data is one line of JSON."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.offset, event.event.encode(),
@@ -71,6 +91,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     face = face_of(request)
     try:
         after = last_event_id(request.headers.get("Last-Event-ID"))
+        since = since_of(request.query.get("since")) if after is None else None
     except BadEventId as exc:
         return _refused(400, str(exc))
     streams = request.app[STREAMS]
@@ -79,9 +100,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-store",
         "X-Accel-Buffering": "no"})  # nginx: pass each event on at once
-    async with face.events.follow(after) as follower:
+    async with face.events.follow(after, since) as follower:
         streams.add(follower)
-        log.info("sse.opened", actor=identity.name, after=after)
+        log.info("sse.opened", actor=identity.name, after=after,
+                 since=since.isoformat() if since else None)
         sent = 0
         try:
             await response.prepare(request)

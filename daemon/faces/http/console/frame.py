@@ -4,6 +4,7 @@ messages. The pages themselves are in `clients`, `failed` and `audit`."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -63,7 +64,10 @@ def signer_of(request: web.Request) -> Signer | None:
 
 
 def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
-    html = _env.get_template(template).render(request=request, **values)
+    """A page; `live_since` is where its live updates start (`/api/v1/events/stream`'s
+    `?since=`): a second before it was rendered, so no event after is missed."""
+    html = _env.get_template(template).render(request=request,
+                                              live_since=int(time.time()) - 1, **values)
     response = web.Response(text=html, status=status, content_type="text/html")
     response.headers.update({"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                              "Content-Security-Policy": "default-src 'self'; "
