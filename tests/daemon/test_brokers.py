@@ -186,6 +186,7 @@ async def test_the_state_log_reads_on_after_a_second_loss_during_the_restore(pre
             await state.stop()
             async with connection.channel() as admin:
                 await admin.queue_delete(topo.state)
+                await admin.queue_delete(topo.state_snapshot)
             await connection.close()
 
 
@@ -209,4 +210,5 @@ async def test_the_state_log_reads_on_after_the_next_node_refuses_its_consume(pr
             await state.stop()
             async with connection.channel() as admin:
                 await admin.queue_delete(topo.state)
+                await admin.queue_delete(topo.state_snapshot)
             await connection.close()

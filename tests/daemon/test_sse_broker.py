@@ -225,7 +225,9 @@ async def _log_in(http: aiohttp.ClientSession, base: str, token: str) -> None:
         assert answer.status == 303, await answer.text()
 
 
-async def test_a_stream_needs_a_token_or_a_session_and_a_good_last_event_id(sse_settings):
+async def test_a_stream_needs_a_token_or_a_session_and_a_good_last_event_id(
+    sse_settings, amqp: Broker
+):
     """401 without a token, with a wrong one or a forged session; 400 for a bad
     Last-Event-ID; the session cookie opens this route alone."""
     base = _base(sse_settings)
@@ -245,8 +247,9 @@ async def test_a_stream_needs_a_token_or_a_session_and_a_good_last_event_id(sse_
                                                   "of this stream, a whole number"})
 
 
-async def test_open_streams_beyond_the_limit_are_refused(sse_settings):
-    """S2SQ_EVENTS_MAX_STREAMS open at once; the next one is told to try again."""
+async def test_open_streams_beyond_the_limit_are_refused(sse_settings, amqp: Broker):
+    """S2SQ_EVENTS_MAX_STREAMS open at once; the next one is told to try again (`amqp`
+    purges the daemon's queues afterwards)."""
     settings = sse_settings.model_copy(update={"events_max_streams": 1})
     base = _base(settings)
     async with running(settings), event_stream(base):
