@@ -10,6 +10,7 @@ import aio_pika
 import aiohttp
 import pytest
 
+from tests.proxy import broker_proxy
 from tests.support import (
     Broker,
     FakeShop,
@@ -264,3 +265,25 @@ async def test_the_copy_a_retry_sent_runs_again_when_it_is_interrupted(
                          "the retried copy redelivered and claimed")
         await wait_until(lambda: len(shop.skus()) == 2, 15, "the retried copy run again")
         assert sup.ops.failed() == []
+
+
+async def test_the_pool_consumes_again_after_the_next_node_refuses_its_consume(
+    prefix, tmp_path, amqp: Broker, shop: FakeShop
+):
+    """Node 1 goes and node 2 refuses the pool's first consume of the shared queue (as a
+    cluster node may right after a failover): the pool consumes again and runs the orders
+    published after. (`nonblocking.not_resumed` is logged; aio-pika reopens the channel the
+    broker closed, and its reopen callback consumes again.)"""
+    async with broker_proxy() as one, broker_proxy() as two:
+        settings = _settings(prefix, tmp_path, shop, amqp_url=f"{one.url},{two.url}")
+        async with running(settings) as sup:
+            await amqp.order("acme", "O1")
+            await wait_until(lambda: shop.skus() == ["O1"], 15, "the first order")
+            two.refuse_consumes(amqp.topo.nonblocking, 1)
+            one.refusing = True
+            one.cut()
+            await wait_until(lambda: two.consumes_refused == 1, 15, "the refused consume")
+            await wait_until(lambda: sup.connected, 15, "the daemon on node 2")
+            await amqp.order("acme", "O2")
+            await wait_until(lambda: shop.skus() == ["O1", "O2"], 15,
+                             "the order published after the refusal")
