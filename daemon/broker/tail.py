@@ -76,12 +76,13 @@ class StreamTail:
         A stream declared a moment ago may be refused on a node whose replica is
         not running yet (`PRECONDITION_FAILED - … does not have a replica on the
         local node`, seen on a three-node cluster): the first consume is tried
-        again with the back-off `_keep` uses, on the connection's next transport.
+        again with the back-off `_keep` uses, on the connection's current transport
+        (none while it reconnects: that try fails too). So `open` waits about 11 s
+        at most: the daemon's start-up, or an event stream's request, is not held.
         """
         assert self._task is None, "opened twice"
         for attempt in range(attempts):
             try:
-                await self._connection.ready()
                 await self._consume()
                 break
             except Exception as exc:
