@@ -62,13 +62,16 @@ async def test_failed_items_survive_kill_9_and_a_restart(
 async def test_sigterm_under_load_runs_no_order_twice(
     prefix, tmp_path, amqp: Broker, shop: FakeShop, processes
 ):
-    """Graceful stop: running items finish, the rest go back, the next daemon does them once."""
+    """Graceful stop: running items finish, the rest go back, the next daemon does them once.
+
+    The orders are published at once, not one confirm after the other: so, on a slow disk
+    (a confirm every few ms), the daemon kept up and had run all 300 before the SIGTERM."""
     shop.delay = 0.05
     env = _env(prefix, tmp_path, shop, processes, S2SQ_NONBLOCKING_CONCURRENCY="8")
     async with daemon_process(env, tmp_path / "first.log") as first:
         await first.wait_logged("daemon.ready")
-        for n in range(300):
-            await amqp.order(CLIENTS[n % 3], f"O{n:03d}")
+        await amqp.order(CLIENTS[0], "O000")  # opens the producer's channel, then the rest:
+        await asyncio.gather(*(amqp.order(CLIENTS[n % 3], f"O{n:03d}") for n in range(1, 300)))
         await wait_until(lambda: len(shop.seen) >= 50, 30, "50 orders to arrive")
         first.signal(signal.SIGTERM)
         assert await first.wait_exit(30) == 0
