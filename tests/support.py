@@ -323,7 +323,8 @@ async def purge(connection: AbstractRobustConnection, topo: Topology) -> None:
         for client in state.view.clients:
             with suppress(Exception):
                 await channel.queue_delete(topo.client_queue(client))
-    seconds = (0.2, 0.3, 0.5, 0.6, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 60, 300, 900)
+    # Every retry delay a test sets, and the defaults: each has a delay queue per target.
+    seconds = (0.1, 0.2, 0.3, 0.5, 0.6, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 60, 300, 900)
     delays = [topo.delay_queue(s, target) for s in seconds
               for target in (topo.nonblocking, topo.notify, topo.notify_send)]
     for name in (*delays, topo.unrouted, topo.unrouted_watch, topo.nonblocking,
