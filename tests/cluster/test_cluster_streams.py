@@ -58,8 +58,8 @@ async def test_a_stream_is_consumed_on_every_node_right_after_its_declaration(
                                                            routing_key=name)
                 tails = [_tail(node, name, got.setdefault((n, i), []))
                          for i, node in enumerate(nodes)]
-                await asyncio.gather(*(tail.open() for tail in tails))
                 try:
+                    await asyncio.gather(*(tail.open() for tail in tails))
                     await wait_until(lambda n=n, name=name: all(  # type: ignore[misc]
                         got[n, i] == [name.encode()] for i in range(3)), 30,
                         f"every node to read round {n}'s record")
