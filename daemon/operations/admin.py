@@ -134,20 +134,28 @@ class Operations:
         reason: str | None = None, forward: bool = True, via: str = "control", **_: Any,
     ) -> dict[str, Any]:
         """Run the parked item once now (SPEC section 4, point 5)."""
-        consumer = self._consumer(client_id)
-        if forward and self.forwards(client_id):
-            return await self._forward("retry", client_id, actor, message_id, reason, via)
-        return await consumer.parking.retry(message_id or None, actor, reason)
+        return (await self._on_park("retry", client_id, actor, message_id, reason, forward,
+                                    via))[0]
 
     async def skip(
         self, client_id: str, *, actor: str, message_id: str | None = None,
         reason: str | None = None, forward: bool = True, via: str = "control", **_: Any,
     ) -> dict[str, Any]:
         """Archive the parked item without running it, and resume the client."""
+        return (await self._on_park("skip", client_id, actor, message_id, reason, forward,
+                                    via))[0]
+
+    async def _on_park(
+        self, how: str, client_id: str, actor: str, message_id: str | None,
+        reason: str | None, forward: bool, via: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Retry or skip the client's parked item here, or (`forward`) ask the replica that
+        holds it: the answer, and whether it was forwarded."""
         consumer = self._consumer(client_id)
         if forward and self.forwards(client_id):
-            return await self._forward("skip", client_id, actor, message_id, reason, via)
-        return await consumer.parking.skip(message_id or None, actor, reason)
+            return await self._forward(how, client_id, actor, message_id, reason, via), True
+        act = consumer.parking.retry if how == "retry" else consumer.parking.skip
+        return await act(message_id or None, actor, reason), False
 
     async def _forward(
         self, action: str, client_id: str, actor: str, message_id: str | None,
@@ -404,14 +412,9 @@ class Operations:
     async def _on_member(self, kind: Kind, how: str, m: Member, actor: str,
                          reason: str | None, op: str | None, via: str) -> dict[str, Any]:
         if kind == "parked":
-            self._consumer(m.client_id)
-            if self.forwards(m.client_id):
-                answer = await self._forward(how, m.client_id, actor, m.message_id or None,
-                                             reason, via)
-                return {**answer, "forwarded": True}
-            act = self.retry if how == "retry" else self.skip
-            return await act(m.client_id, actor=actor, message_id=m.message_id or None,
-                             reason=reason, forward=False)
+            answer, forwarded = await self._on_park(how, m.client_id, actor,
+                                                    m.message_id or None, reason, True, via)
+            return {**answer, "forwarded": True} if forwarded else answer
         if how == "retry":
             return await self.retry_failed(m.message_id, actor=actor, op=op)
         return await self.skip_failed(m.message_id, actor=actor, reason=reason, op=op)

@@ -56,23 +56,25 @@ def takes_session(request: web.Request) -> bool:
 
 def last_event_id(text: str | None) -> int | None:
     """The offset a `Last-Event-ID` header names; None without one (pure)."""
-    if text is None or not text.strip():
-        return None
-    text = text.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 20):  # offsets < 2**64
-        raise BadEventId("Last-Event-ID must be the id of an event of this stream, a whole "
-                         "number")
-    return int(text)
+    return _whole_number(text, 20, "Last-Event-ID must be the id of an event of this stream,"
+                                   " a whole number")  # offsets < 2**64
 
 
 def since_of(text: str | None) -> datetime | None:
     """The time a `?since=` names (whole seconds since 1970); None without one (pure)."""
+    seconds = _whole_number(text, 11, "since must be a time in whole seconds since 1970")
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def _whole_number(text: str | None, digits: int, error: str) -> int | None:
+    """`text` as a whole number of at most `digits` ASCII digits, None if blank; else
+    BadEventId(error)."""
     if text is None or not text.strip():
         return None
     text = text.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 11):
-        raise BadEventId("since must be a time in whole seconds since 1970")
-    return datetime.fromtimestamp(int(text), UTC)
+    if not (text.isascii() and text.isdigit() and len(text) <= digits):
+        raise BadEventId(error)
+    return int(text)
 
 
 def frame(event: LoggedEvent) -> bytes:
